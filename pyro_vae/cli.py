@@ -1,0 +1,188 @@
+"""Command line: ``pyro-vae train | evaluate | sample`` (also ``python -m pyro_vae``).
+
+Settings come from the dataclass defaults, then ``--config FILE.toml``, then the flags given;
+a later source wins. ``--resume RUN_DIR`` starts from the run's saved configuration instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pyro_vae.config import (
+    BINARIZE_MODES,
+    DEVICES,
+    FIELD_SECTIONS,
+    LR_SCHEDULES,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    config_from_flat,
+)
+from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.likelihoods import LIKELIHOODS, SCALE_MODES
+from pyro_vae.networks import ARCHITECTURES
+
+_M, _D, _T = ModelConfig(), DataConfig(), TrainConfig()
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=_D.dataset,
+                   help="shapes (embedded, offline), mnist, fashion-mnist, kmnist, cifar10, or a "
+                        "path to an idx folder, .npy or .npz file")
+    g.add_argument("--data-dir", default=_D.data_dir, help="where torchvision datasets live")
+    g.add_argument("--download", action="store_true", help="download a torchvision dataset")
+    g.add_argument("--binarize", choices=BINARIZE_MODES, default=None,
+                   help="default: dynamic for bernoulli, none otherwise")
+    g.add_argument("--dequantize", action=argparse.BooleanOptionalAction, default=None,
+                   help="(k + u)/256 on 8-bit data; default: on for continuous likelihoods")
+    g.add_argument("--test-size", type=int, default=_D.test_size,
+                   help="held-out datapoints when the source has no test split")
+    g.add_argument("--num-shapes", type=int, default=_D.num_shapes,
+                   help="size of the embedded shapes dataset")
+    g = p.add_argument_group("model")
+    g.add_argument("--likelihood", choices=LIKELIHOODS.names(), default=_M.likelihood)
+    g.add_argument("--scale", choices=SCALE_MODES, default=None,
+                   help="sigma of the normal likelihood (default: shared)")
+    g.add_argument("--latent-dim", type=int, default=_M.latent_dim)
+    g.add_argument("--hidden", type=int, nargs="+", default=list(_M.hidden),
+                   help="hidden layer sizes")
+    g.add_argument("--arch", choices=ARCHITECTURES, default=_M.arch)
+    g.add_argument("--activation", default=_M.activation)
+    g = p.add_argument_group("training")
+    g.add_argument("--estimator", choices=ESTIMATORS.names(), default=_T.estimator)
+    g.add_argument("--particles", type=int, default=_T.particles,
+                   help="Monte Carlo particles (K for iwae/renyi)")
+    g.add_argument("--alpha", type=float, default=_T.alpha, help="Renyi alpha")
+    g.add_argument("--epochs", type=int, default=_T.epochs)
+    g.add_argument("--batch-size", type=int, default=_T.batch_size)
+    g.add_argument("--lr", type=float, default=_T.lr)
+    g.add_argument("--weight-decay", type=float, default=_T.weight_decay)
+    g.add_argument("--grad-clip", type=float, default=_T.grad_clip,
+                   help="clip the gradient norm (default: no clipping)")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=_T.lr_schedule)
+    g.add_argument("--beta", type=float, default=_T.beta, help="KL weight")
+    g.add_argument("--warmup-epochs", type=int, default=_T.warmup_epochs,
+                   help="linear beta warm-up")
+    g.add_argument("--seed", type=int, default=_T.seed)
+    g.add_argument("--device", choices=DEVICES, default=_T.device)
+    g.add_argument("--log-every", type=int, default=_T.log_every,
+                   help="steps between reads of the loss")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=None,
+                   help="run directory (default: runs/<time>-<dataset>-<likelihood>-<estimator>)")
+    g.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue the run in RUN_DIR where it stopped")
+    g.add_argument("--config", metavar="FILE.toml", default=None,
+                   help="settings file (flat keys as the flags); flags override it")
+
+
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    kw = {"argument_default": argparse.SUPPRESS} if suppress_defaults else {}
+    parser = argparse.ArgumentParser(
+        prog="pyro-vae", description="Variational autoencoders as Pyro programs.",
+        formatter_class=fmt,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a VAE", formatter_class=fmt, **kw)
+    _add_train_flags(train)
+    if suppress_defaults:
+        for action in train._actions:
+            action.default = argparse.SUPPRESS
+    ev = sub.add_parser("evaluate", help="evaluate a run directory", formatter_class=fmt)
+    ev.add_argument("run_dir")
+    ev.add_argument("--which", default="best", choices=("best", "checkpoint"))
+    ev.add_argument("--batch-size", type=int, default=1000)
+    ev.add_argument("--device", choices=DEVICES, default="cpu")
+    sa = sub.add_parser("sample", help="draw samples from a trained run", formatter_class=fmt)
+    sa.add_argument("run_dir")
+    sa.add_argument("--num", type=int, default=64, help="number of samples")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--which", default="best", choices=("best", "checkpoint"))
+    sa.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/samples-<seed>.png)")
+    return parser
+
+
+def _read_toml(path: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+_RUN_KEYS = {"out", "resume", "config", "command"}
+
+
+def _train(argv: list[str], parser: argparse.ArgumentParser) -> int:
+    from pyro_vae.rundir import read_config
+    from pyro_vae.train import run_training
+
+    args = parser.parse_args(argv)  # with defaults, for --out/--resume/--config
+    explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
+    values: dict = {}
+    if args.resume:
+        saved = read_config(args.resume)
+        for section in ("model", "data", "train"):
+            values.update({k: v for k, v in saved[section].items() if k in FIELD_SECTIONS})
+    if args.config:
+        values.update(_read_toml(args.config))
+    values.update({k: v for k, v in explicit.items() if k not in _RUN_KEYS})
+    try:
+        cfg = config_from_flat(values)
+    except ValueError as e:
+        parser.error(str(e))
+    out = args.resume or args.out
+    result = run_training(cfg, out=out, resume=bool(args.resume))
+    best = result.best_test_elbo
+    print(f"run directory: {result.run_dir}")
+    print(f"test ELBO (nats per datapoint, higher is better): last {result.test_elbo:.3f}, best {best:.3f}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from pyro_vae.train import evaluate_elbo, load_run, resolve_data
+    from pyro_vae.config import RunConfig
+
+    vae, config = load_run(args.run_dir, args.which, args.device)
+    cfg = RunConfig.from_dict({k: config[k] for k in ("model", "data", "train")})
+    split, pre, _ = resolve_data(cfg)
+    elbo = evaluate_elbo(vae, split.test.to(args.device), pre, args.batch_size)
+    summary = {"split": "test", "num": len(split.test), "test_elbo": elbo}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _sample(args) -> int:
+    import torch
+
+    from pyro_vae.plots import save_grid
+    from pyro_vae.train import load_run
+
+    vae, _ = load_run(args.run_dir, args.which)
+    torch.manual_seed(args.seed)
+    mean, _ = vae.sample(args.num)
+    out = Path(args.output or Path(args.run_dir) / f"samples-{args.seed}.png")
+    if not save_grid(mean, out):
+        raise SystemExit(f"data of shape {tuple(mean.shape[1:])} cannot be drawn as images")
+    print(out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        return _train(argv, parser)
+    return {"evaluate": _evaluate, "sample": _sample}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
