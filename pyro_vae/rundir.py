@@ -70,8 +70,8 @@ def environment() -> dict:
     """Versions and code revision, recorded beside the configuration."""
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pyro": pyro.__version__,
+        "torch": str(torch.__version__),
+        "pyro": str(pyro.__version__),
         "git_sha": _git_sha(),
     }
 

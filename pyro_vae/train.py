@@ -218,10 +218,12 @@ def fit(
             try:
                 loss = estimator.differentiable_loss(vae.model, vae.guide, x) / x.shape[0]
             except ValueError as e:
-                # with validation on, NaN parameters fail distribution checks before any loss
-                if all(torch.isfinite(p).all() for p in vae.parameters()):
+                # with validation on, a NaN/inf distribution parameter (from NaN weights or an
+                # overflow) fails Pyro's argument check before any loss exists
+                if not _non_finite_parameter(e, vae):
                     raise
-                first_bad.fill_(step + 1)
+                if int(first_bad) < 0:  # keep an earlier bad step already seen on the device
+                    first_bad.fill_(step + 1)
                 _raise_if_bad(first_bad, epoch, run_dir, cause=e)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -272,6 +274,12 @@ def fit(
     if run_dir is not None:
         write_pictures(vae, test if test is not None else train, preprocess, run_dir, metrics)
     return TrainResult(vae=vae, run_dir=run_dir, metrics=metrics, best_test_elbo=best)
+
+
+def _non_finite_parameter(error: ValueError, vae: VAE) -> bool:
+    if not all(torch.isfinite(p).all() for p in vae.parameters()):
+        return True
+    return "Expected parameter" in str(error)  # torch's message for an invalid distribution arg
 
 
 def _raise_if_bad(

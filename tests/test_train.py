@@ -1,0 +1,196 @@
+"""The training loop: improvement, exact resume, NaN handling, run directory, CLI smoke runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae.checkpoint import CheckpointError, safe_load
+from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from pyro_vae.data import Preprocess, load_data
+from pyro_vae.model import build_vae
+from pyro_vae.train import NonFiniteLossError, fit, load_run, run_training
+
+SMALL = dict(latent_dim=4, hidden=(32,))
+
+
+def small_config(**train) -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(**SMALL),
+        data=DataConfig(num_shapes=600, test_size=200),
+        train=TrainConfig(**{"epochs": 2, "batch_size": 64, "quiet": True, **train}),
+    )
+
+
+def test_elbo_improves_on_the_embedded_data(tmp_path):
+    result = run_training(small_config(epochs=4, lr=3e-3), out=tmp_path / "run")
+    elbos = [r["test_elbo"] for r in result.metrics]
+    assert elbos[-1] > elbos[0] + 20  # nats per datapoint; the first epoch is far from done
+    assert result.best_test_elbo == max(elbos)
+    # run directory contents
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "metrics.jsonl", "metrics.csv", "checkpoint.pt", "best.pt",
+            "reconstructions.png", "samples.png", "curves.png"} <= names
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["binarize"] == "dynamic" and config["event_shape"] == [1, 28, 28]
+    assert config["environment"]["pyro"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert set(rows[0]) >= {"epoch", "step", "train_elbo", "test_elbo", "seconds", "lr", "beta"}
+    assert rows[-1]["step"] == 4 * 10  # 600 / 64 -> 10 steps per epoch
+
+
+def _params(vae):
+    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
+
+
+@pytest.mark.parametrize("estimator,extra", [("meanfield", {}), ("iwae", {"particles": 3})])
+def test_resume_is_bit_identical(tmp_path, estimator, extra):
+    cfg = small_config(estimator=estimator, **extra)
+    straight = run_training(cfg, out=tmp_path / "a")
+    one = RunConfig(model=cfg.model, data=cfg.data, train=TrainConfig(**{**cfg.train.__dict__, "epochs": 1}))
+    run_training(one, out=tmp_path / "b")
+    torch.manual_seed(1234)  # whatever happens in between must not matter
+    resumed = run_training(cfg, out=tmp_path / "b", resume=True)
+    a, b = _params(straight.vae), _params(resumed.vae)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["test_elbo"] for r in straight.metrics] == [r["test_elbo"] for r in resumed.metrics]
+
+
+def test_resume_refuses_another_model(tmp_path):
+    run_training(small_config(epochs=1), out=tmp_path / "r")
+    other = RunConfig(model=ModelConfig(latent_dim=5, hidden=(32,)), data=small_config().data,
+                      train=small_config().train)
+    with pytest.raises(CheckpointError, match="model.latent_dim: checkpoint 4, now 5"):
+        run_training(other, out=tmp_path / "r", resume=True)
+
+
+def test_beta_warmup_is_linear_and_refused_for_bounds(tmp_path):
+    result = run_training(small_config(epochs=3, warmup_epochs=2, beta=2.0), out=None)
+    betas = [r["beta"] for r in result.metrics]
+    assert betas == pytest.approx([1.0, 2.0, 2.0])  # end of each epoch: 10/20, 20/20, then flat
+    with pytest.raises(ValueError, match="warm-up"):
+        small_config(estimator="iwae", warmup_epochs=1)
+
+
+class _NaNAfter:
+    """Decoder hook: outputs times ``factor`` from the ``n``-th call on (an injected fault)."""
+
+    def __init__(self, n, factor):
+        self.calls, self.n, self.factor = 0, n, factor
+
+    def __call__(self, module, inputs, output):
+        self.calls += 1
+        return output * self.factor if self.calls >= self.n else output
+
+
+def test_non_finite_loss_stops_with_the_step_named_and_checkpoint_kept(tmp_path):
+    split = Preprocess("dynamic").prepare(load_data("shapes", num_shapes=256, test_size=64))
+    vae = build_vae(split.event_shape, **SMALL)
+    cfg = TrainConfig(epochs=3, batch_size=64, quiet=True, log_every=2)
+    # epoch 1: 4 steps + 1 evaluation batch = 5 decoder calls; then 2 good steps in epoch 2
+    vae.decoder.register_forward_hook(_NaNAfter(8, float("nan")))
+    with pytest.raises(NonFiniteLossError, match=r"step 7 \(epoch 2\).*kept"):
+        fit(vae, split.train, split.test, cfg, preprocess=Preprocess("dynamic"), out=tmp_path)
+    state = safe_load(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 1 and state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_infinite_loss_is_caught_on_the_device_and_named(tmp_path):
+    # an overflowing decoder gives a finite-parameter, infinite loss: no validation error at
+    # that step, only the on-device check (read every log_every steps) sees it
+    x = torch.rand(256, 4)
+    vae = build_vae((4,), "normal", **SMALL)
+    vae.decoder.register_forward_hook(_NaNAfter(3, 1e30))
+    cfg = TrainConfig(epochs=2, batch_size=64, quiet=True, log_every=100)
+    with pytest.raises(NonFiniteLossError, match=r"step 3 \(epoch 1\).*no checkpoint"):
+        fit(vae, x, None, cfg, out=tmp_path)
+
+
+def test_parameters_that_become_nan_are_reported_as_such(tmp_path):
+    split = Preprocess("dynamic").prepare(load_data("shapes", num_shapes=256, test_size=64))
+    vae = build_vae(split.event_shape, **SMALL)
+    cfg = TrainConfig(epochs=1, batch_size=64, quiet=True)
+    with torch.no_grad():
+        vae.decoder.net[0].weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="step 1 "):
+        fit(vae, split.train, split.test, cfg, preprocess=Preprocess("dynamic"))
+
+
+def test_data_errors_before_training(tmp_path):
+    vae = build_vae((4,), "bernoulli", **SMALL)
+    grey = torch.full((10, 4), 0.5)
+    with pytest.raises(ValueError, match="Binarize"):
+        fit(vae, grey, None, TrainConfig(batch_size=5, quiet=True))
+    with pytest.raises(ValueError, match="larger than the 10 training datapoints"):
+        fit(vae, grey.round(), None, TrainConfig(batch_size=11, quiet=True))
+    with pytest.raises(ValueError, match="model expects"):
+        fit(vae, torch.ones(10, 5), None, TrainConfig(batch_size=5, quiet=True))
+
+
+def test_load_run_restores_the_best_model(tmp_path):
+    result = run_training(small_config(epochs=2), out=tmp_path / "r")
+    vae, config = load_run(tmp_path / "r", "checkpoint")
+    for k, v in _params(result.vae).items():
+        assert torch.equal(v.cpu(), vae.state_dict()[k])
+
+
+# ------------------------------------------------------------------ command line, subprocess
+
+def _cli(*args, cwd, module=False):
+    cmd = [sys.executable, "-m", "pyro_vae"] if module else [str(Path(sys.executable).parent / "pyro-vae")]
+    env = {**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning"}
+    return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_cli_train_smoke_and_sample(tmp_path):
+    out = tmp_path / "run"
+    res = _cli("train", "--epochs", "1", "--num-shapes", "500", "--test-size", "100",
+               "--latent-dim", "3", "--hidden", "32", "--out", str(out), "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "test ELBO (nats per datapoint" in res.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and np.isfinite(rows[0]["test_elbo"])
+    res = _cli("sample", str(out), "--num", "16", cwd=tmp_path, module=True)
+    assert res.returncode == 0, res.stderr
+    assert (out / "samples-0.png").is_file()
+
+
+def test_cli_config_file_and_flag_precedence(tmp_path):
+    (tmp_path / "c.toml").write_text('epochs = 1\nlatent-dim = 3\nhidden = [16]\nnum_shapes = 300\n'
+                                     'test-size = 50\nlikelihood = "continuous-bernoulli"\n')
+    out = tmp_path / "run"
+    res = _cli("train", "--config", "c.toml", "--latent-dim", "2", "--out", str(out), "--quiet",
+               cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["latent_dim"] == 2  # the flag wins
+    assert config["model"]["hidden"] == [16] and config["model"]["likelihood"] == "continuous-bernoulli"
+    assert config["data"]["dequantize"] is True and config["data"]["binarize"] == "none"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--lr", "0"], "lr must be > 0"),
+        (["--latent-dim", "0"], "latent-dim must be >= 1"),
+        (["--particles", "0"], "particles must be >= 1"),
+        (["--beta", "-1"], "beta must be >= 0"),
+        (["--epochs", "-1"], "epochs must be >= 0"),
+        (["--likelihood", "gauss"], "invalid choice: 'gauss'"),
+        (["--estimator", "iwae", "--beta", "0.5"], "no KL weight"),
+    ],
+)
+def test_cli_rejects_invalid_settings_at_parse_time(tmp_path, args, message):
+    res = _cli("train", *args, cwd=tmp_path)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert not (tmp_path / "runs").exists()  # nothing started
