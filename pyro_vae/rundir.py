@@ -17,15 +17,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pyro
 import torch
+
+from pyro_vae.checkpoint import atomic_write
 
 METRIC_FIELDS = ("epoch", "step", "train_elbo", "test_elbo", "seconds", "lr", "beta")
 
@@ -38,18 +38,8 @@ def default_run_dir(dataset: str, likelihood: str, estimator: str, root: str = "
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (see :func:`~pyro_vae.checkpoint.atomic_write`)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _git_sha() -> str | None:

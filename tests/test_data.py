@@ -78,6 +78,18 @@ def random_images(rng: np.random.Generator, n: int, h: int = 5, w: int = 4) -> n
     return rng.integers(0, 256, size=(n, h, w), dtype=np.uint8)
 
 
+def write_idx_split(folder, suffix, n_train, n_test, *hw):
+    """MNIST-named train/t10k image and label idx files in ``folder``; returns the arrays."""
+    rng = np.random.default_rng(0)
+    x_train, x_test = random_images(rng, n_train, *hw), random_images(rng, n_test, *hw)
+    y_train = rng.integers(0, 10, n_train, dtype=np.uint8)
+    y_test = rng.integers(0, 10, n_test, dtype=np.uint8)
+    for prefix, x, y in (("train", x_train, y_train), ("t10k", x_test, y_test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", x)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", y)
+    return x_train, y_train, x_test, y_test
+
+
 # ----------------------------------------------------------------------------- shapes
 
 
@@ -179,14 +191,7 @@ def test_load_shapes_split():
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_idx_folder_with_train_and_test_round_trips(tmp_path, suffix):
-    rng = np.random.default_rng(0)
-    x_train, x_test = random_images(rng, 12), random_images(rng, 5)
-    y_train = rng.integers(0, 10, 12, dtype=np.uint8)
-    y_test = rng.integers(0, 10, 5, dtype=np.uint8)
-    write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", x_train)
-    write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", y_train)
-    write_idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", x_test)
-    write_idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}", y_test)
+    x_train, y_train, x_test, y_test = write_idx_split(tmp_path, suffix, 12, 5)
 
     split = load_data(tmp_path, test_size=3)  # official split: test_size is ignored
     assert split.train.dtype == torch.uint8
@@ -458,16 +463,9 @@ def test_missing_torchvision_dataset_names_the_files(tmp_path, no_network, name,
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_mnist_from_local_files(tmp_path, no_network, suffix):
-    rng = np.random.default_rng(0)
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    x_train, x_test = random_images(rng, 6, 28, 28), random_images(rng, 4, 28, 28)
-    y_train = rng.integers(0, 10, 6, dtype=np.uint8)
-    y_test = rng.integers(0, 10, 4, dtype=np.uint8)
-    write_idx(raw / f"train-images-idx3-ubyte{suffix}", x_train)
-    write_idx(raw / f"train-labels-idx1-ubyte{suffix}", y_train)
-    write_idx(raw / f"t10k-images-idx3-ubyte{suffix}", x_test)
-    write_idx(raw / f"t10k-labels-idx1-ubyte{suffix}", y_test)
+    x_train, y_train, x_test, y_test = write_idx_split(raw, suffix, 6, 4, 28, 28)
     split = load_data("mnist", data_dir=tmp_path, test_size=2)  # official split
     assert split.name == "mnist" and split.event_shape == torch.Size([1, 28, 28])
     np.testing.assert_array_equal(split.train[:, 0].numpy(), x_train)
