@@ -7,6 +7,7 @@ loss; :func:`fit` is the one training loop.
 
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import DataSplit, Preprocess, load_data
+from pyro_vae.evaluate import evaluate_run, importance_log_px
 from pyro_vae.estimators import ESTIMATORS, ImportanceWeightedELBO, make_estimator
 from pyro_vae.likelihoods import LIKELIHOODS, DataSupportError, Likelihood, make_likelihood
 from pyro_vae.model import VAE, build_vae
@@ -20,6 +21,7 @@ __all__ = [
     "ConvDecoder", "ConvEncoder", "DataConfig", "DataSplit", "DataSupportError", "Decoder",
     "ESTIMATORS", "Encoder", "ImportanceWeightedELBO", "LIKELIHOODS", "Likelihood",
     "MLPDecoder", "MLPEncoder", "ModelConfig", "NonFiniteLossError", "Preprocess", "RunConfig",
-    "TrainConfig", "TrainResult", "UnknownNameError", "VAE", "build_vae", "evaluate_elbo", "fit",
+    "TrainConfig", "TrainResult", "UnknownNameError", "VAE", "build_vae", "evaluate_elbo",
+    "evaluate_run", "fit", "importance_log_px",
     "load_data", "load_run", "make_estimator", "make_likelihood", "run_training",
 ]

@@ -10,6 +10,7 @@ Layout::
     reconstructions.png test images (top) and their reconstructions (likelihood means)
     samples.png         likelihood means at prior draws z ~ N(0, I)
     curves.png          ELBO per epoch
+    summary.json, report.md, report.html, evaluation/   written by ``pyro-vae evaluate``
 """
 
 from __future__ import annotations
