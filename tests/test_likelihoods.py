@@ -66,8 +66,9 @@ def test_normal_log_prob_is_the_closed_form_with_all_constants(mode):
         -0.5 * ((x - loc) / sigma) ** 2 - sigma.log() - 0.5 * math.log(2 * math.pi)
     ).sum(-1)
     torch.testing.assert_close(lik.distribution(params).log_prob(x), expected)
-    if mode != "decoder":  # learned parameter starts at the requested value
-        torch.testing.assert_close(sigma, torch.full_like(sigma, 0.3))
+    # sigma starts at init_scale (in decoder mode: when the decoder's raw output is 0)
+    start = lik.log_scale(torch.zeros_like(params)).exp().expand(4, D)
+    torch.testing.assert_close(start, torch.full_like(start, 0.3))
 
 
 def test_normal_scale_has_a_soft_lower_bound():

@@ -136,11 +136,50 @@ def test_data_errors_before_training(tmp_path):
         fit(vae, torch.ones(10, 5), None, TrainConfig(batch_size=5, quiet=True))
 
 
-def test_load_run_restores_the_best_model(tmp_path):
-    result = run_training(small_config(epochs=2), out=tmp_path / "r")
-    vae, config = load_run(tmp_path / "r", "checkpoint")
+def test_load_run_loads_the_state_asked_for(tmp_path):
+    import shutil
+
+    cfg = small_config(epochs=1)
+    run_training(cfg, out=tmp_path / "r")
+    shutil.copy(tmp_path / "r" / "checkpoint.pt", tmp_path / "epoch1.pt")
+    longer = RunConfig(model=cfg.model, data=cfg.data, train=TrainConfig(**{**cfg.train.__dict__, "epochs": 2}))
+    result = run_training(longer, out=tmp_path / "r", resume=True)
+    shutil.copy(tmp_path / "epoch1.pt", tmp_path / "r" / "best.pt")  # best != latest
+    latest, _ = load_run(tmp_path / "r", "checkpoint")
+    best, _ = load_run(tmp_path / "r", "best")
+    epoch1 = safe_load(tmp_path / "epoch1.pt")["model"]
     for k, v in _params(result.vae).items():
-        assert torch.equal(v.cpu(), vae.state_dict()[k])
+        assert torch.equal(v.cpu(), latest.state_dict()[k])
+    for k, v in epoch1.items():
+        assert torch.equal(v, best.state_dict()[k])
+    assert any(not torch.equal(epoch1[k], latest.state_dict()[k]) for k in epoch1)
+
+
+def test_held_out_elbo_ignores_the_training_kl_weight():
+    from pyro_vae.train import evaluate_elbo
+
+    split = Preprocess("dynamic").prepare(load_data("shapes", num_shapes=64, test_size=64))
+    vae = build_vae(split.event_shape, **SMALL)
+    values = []
+    for beta in (1.0, 0.3):
+        vae.beta = beta
+        torch.manual_seed(0)
+        values.append(evaluate_elbo(vae, split.test, Preprocess("dynamic")))
+    assert values[0] == values[1]
+    assert vae.beta == 0.3  # restored
+
+
+def test_resume_drops_metric_rows_newer_than_the_checkpoint(tmp_path):
+    cfg = small_config(epochs=1)
+    run_training(cfg, out=tmp_path / "r")
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    # a crash after writing metrics but before the checkpoint leaves a row the checkpoint lacks
+    metrics.write_text(metrics.read_text() + json.dumps({"epoch": 2, "test_elbo": 1e9}) + "\n")
+    longer = RunConfig(model=cfg.model, data=cfg.data, train=TrainConfig(**{**cfg.train.__dict__, "epochs": 2}))
+    result = run_training(longer, out=tmp_path / "r", resume=True)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["test_elbo"] < 0
+    assert result.metrics == rows
 
 
 # ------------------------------------------------------------------ command line, subprocess
