@@ -11,6 +11,7 @@ import os
 import pickle
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -49,30 +50,46 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``.
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only.
+
+    A pickle that names any other global (the way a malicious file runs code) is refused
+    before anything in it is called.
 
     :raises CheckpointError: for a missing, truncated, corrupt or unsafe file; the message says
-        which and that nothing was overwritten.
+        which and that nothing was run or overwritten.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": the refusal below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"{path} is not a safe checkpoint: it holds objects other than tensors and plain "
-            f"containers, and was refused (weights_only=True). Only load checkpoints you trust "
-            f"the origin of. Details: {e}"
+            f"{path} was refused: it is not a weights-only checkpoint (tensors and plain "
+            f"containers). It is corrupt, or holds objects that could run code when unpickled; "
+            f"nothing in it was run and nothing was overwritten (torch.load with "
+            f"weights_only=True: {_last_line(e)}). Only load checkpoints from a source you trust."
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 (a corrupt file fails in many ways inside torch.load)
         raise CheckpointError(
-            f"{path} is truncated or corrupt and cannot be read ({type(e).__name__}: {e}); "
-            f"nothing was overwritten"
+            f"{path} is truncated or corrupt and cannot be read ({type(e).__name__}: "
+            f"{_last_line(e)}); nothing was overwritten"
         ) from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a pyro-vae checkpoint")
     return obj
+
+
+def _last_line(error: BaseException) -> str:
+    """The informative part of torch.load's long messages."""
+    text = str(error).strip()
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].split(". ")[0][:200] if lines else type(error).__name__
 
 
 def rng_state() -> dict:
@@ -94,12 +111,14 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` captured."""
-    torch.set_rng_state(state["torch"])
+    # RNG states are CPU byte tensors, wherever map_location put the checkpoint
+    torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     n = state["numpy"]
     np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        ("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+         n["cached_gaussian"])
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))

@@ -118,6 +118,17 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--which", default="best", choices=("best", "checkpoint"))
     sa.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/samples-<seed>.png)")
+    from pyro_vae.compare import add_compare_flags
+
+    co = sub.add_parser(
+        "compare", formatter_class=fmt,
+        help="train and compare elbo, meanfield, stl, iwae and dreg over seeds",
+        description="Trains every estimator (iwae and dreg at each --ks) with each of at least 3 "
+                    "--seeds, then writes comparison.md/.csv (test ELBO, importance-sampled "
+                    "log p(x), seconds per epoch, gradient SNR; mean +- sd over seeds), "
+                    "learning_curves.png and snr.png into --out.",
+    )
+    add_compare_flags(co)
     return parser
 
 
@@ -134,25 +145,44 @@ _RUN_KEYS = {"out", "resume", "config", "command"}
 
 
 def _train(argv: list[str], parser: argparse.ArgumentParser) -> int:
+    """``pyro-vae train``. Exit status: 0 done, 1 an error (one line on stderr, no traceback),
+    2 invalid settings, 130 interrupted by Ctrl-C after saving a checkpoint."""
+    from pyro_vae.checkpoint import CheckpointError
     from pyro_vae.rundir import read_config
-    from pyro_vae.train import run_training
+    from pyro_vae.train import NonFiniteLossError, TrainingInterrupted, run_training
+
+    def _fail(message: str) -> int:
+        print(f"pyro-vae train: error: {message}", file=sys.stderr)
+        return 1
 
     args = parser.parse_args(argv)  # with defaults, for --out/--resume/--config
     explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
     values: dict = {}
-    if args.resume:
-        saved = read_config(args.resume)
-        for section in ("model", "data", "train"):
-            values.update({k: v for k, v in saved[section].items() if k in FIELD_SECTIONS})
-    if args.config:
-        values.update(_read_toml(args.config))
+    try:
+        if args.resume:
+            saved = read_config(args.resume)
+            for section in ("model", "data", "train"):
+                values.update({k: v for k, v in saved[section].items() if k in FIELD_SECTIONS})
+        if args.config:
+            values.update(_read_toml(args.config))
+    except (OSError, ValueError, KeyError) as e:
+        return _fail(f"cannot read the settings: {e}")
     values.update({k: v for k, v in explicit.items() if k not in _RUN_KEYS})
     try:
         cfg = config_from_flat(values)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:  # TypeError: e.g. `hidden = 16` in a TOML file
         parser.error(str(e))
     out = args.resume or args.out
-    result = run_training(cfg, out=out, resume=bool(args.resume))
+    try:
+        result = run_training(cfg, out=out, resume=bool(args.resume))
+    except TrainingInterrupted as e:
+        print(e, file=sys.stderr)  # "interrupted at step s; resume with ..."
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, while the checkpoint was being written
+        print("interrupted; the last complete checkpoint is kept", file=sys.stderr)
+        return 130
+    except (NonFiniteLossError, CheckpointError, OSError, ValueError) as e:
+        return _fail(str(e))
     best = result.best_test_elbo
     print(f"run directory: {result.run_dir}")
     print(f"test ELBO (nats per datapoint, higher is better): last {result.test_elbo:.3f}, best {best:.3f}")
@@ -193,13 +223,28 @@ def _sample(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from pyro_vae.compare import config_from_args, report_comparison
+
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        print(f"pyro-vae compare: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return report_comparison(cfg, args.out)
+    except (OSError, ValueError) as e:
+        print(f"pyro-vae compare: error: {e}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train":
         return _train(argv, parser)
-    return {"evaluate": _evaluate, "sample": _sample}[args.command](args)
+    return {"evaluate": _evaluate, "sample": _sample, "compare": _compare}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ class ModelConfig:
         if self.scale is not None:
             _choice("normal scale", self.scale, SCALE_MODES)
         _at_least("latent-dim", self.latent_dim, 1)
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        hidden = (self.hidden,) if isinstance(self.hidden, int) else self.hidden  # one layer
+        object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
         for h in self.hidden:
             _at_least("every hidden size", h, 1)
         _choice("arch", self.arch, ARCHITECTURES)

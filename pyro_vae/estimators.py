@@ -12,7 +12,12 @@ elbo       :class:`~pyro.infer.Trace_ELBO`, Monte Carlo KL                yes
 meanfield  :class:`~pyro.infer.TraceMeanField_ELBO`, analytic KL          yes
 iwae       :class:`ImportanceWeightedELBO`, alpha = 0 (Burda et al.)      no
 renyi      :class:`ImportanceWeightedELBO`, Renyi alpha (Li & Turner)     no
+stl        :class:`StickingTheLandingELBO`, path derivative (Roeder)      yes
+dreg       :class:`DReGELBO`, IWAE with DReG gradients (Tucker et al.)    no
 ========== ============================================================== ==========
+
+``stl`` and ``dreg`` change only the gradient: their values are ``elbo``'s and ``iwae``'s for
+the same sample. Pyro itself has neither (pyro-ppl/pyro issue 2598).
 
 Pyro's own ``RenyiELBO`` is not used: it has no ``differentiable_loss`` and takes the
 log-sum-exp over particles of the *whole batch's* scaled log weight, not per datapoint.
@@ -26,11 +31,13 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import pyro.distributions as dist
 import torch
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.infer.enum import get_importance_trace
-from pyro.infer.util import is_validation_enabled
+from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.util import check_if_enumerated
 
 from pyro_vae.registry import Registry
@@ -95,6 +102,17 @@ class ImportanceWeightedELBO(ELBO):
         :returns: ``(log_w, scale)``: ``log_w`` shaped ``(K, batch)``, and the common scale of the
             sites (the data plate's subsampling factor, 1 without subsampling).
         """
+        log_w, scale, _, _ = self._traced_log_weights(model, guide, args, kwargs)
+        return log_w, scale
+
+    def _traced_log_weights(self, model, guide, args, kwargs, detach_guide: bool = False):
+        """:meth:`log_weights` with the guide trace and the particle dim it came from.
+
+        :param detach_guide: evaluate each guide site's log density with its distribution's
+            parameters detached (:func:`detach_params`): the same values, but gradients reach
+            the guide's parameters only through the sampled ``z``.
+        :returns: ``(log_w, scale, guide_trace, particle_dim)``.
+        """
         model_trace, guide_trace = next(self._get_traces(model, guide, args, kwargs))
         nesting = self.max_plate_nesting  # includes the particle plate when K > 1
         particle_dim = -nesting if self.num_particles > 1 else None
@@ -104,7 +122,11 @@ class ImportanceWeightedELBO(ELBO):
             for site in trace.nodes.values()
             if site["type"] == "sample"
         ]
-        scales = {site["name"]: site["scale"] for site, _ in sites}
+        # keyed by side too: the model's and the guide's `z` must both be checked
+        scales = {
+            f"{'model' if sign > 0 else 'guide'} {site['name']}": site["scale"]
+            for site, sign in sites
+        }
         if len(set(scales.values())) > 1 or any(site["mask"] is not None for site, _ in sites):
             raise ValueError(
                 f"the {self._name} bound has no KL weight: every site must carry the same scale "
@@ -118,12 +140,15 @@ class ImportanceWeightedELBO(ELBO):
                     f"{self._name} needs a reparameterizable guide; site {site['name']!r} "
                     f"({type(site['fn']).__name__}) has no rsample"
                 )
+            if sign < 0 and detach_guide:
+                lp = detach_params(site["fn"]).log_prob(site["value"])
+                site = {**site, "unscaled_log_prob": lp}
             log_w = log_w + sign * _per_datapoint(site, nesting, particle_dim)
         scale = next(iter(scales.values()), 1.0)
         log_w = torch.as_tensor(log_w)
         if particle_dim is None:
             log_w = log_w.unsqueeze(0)  # (1, batch)
-        return log_w, scale
+        return log_w, scale, guide_trace, particle_dim
 
     @property
     def _name(self) -> str:
@@ -168,6 +193,167 @@ def _per_datapoint(site: dict, nesting: int, particle_dim: int | None) -> torch.
     if other:
         lp = lp.sum(other)  # size-1 dims only: no other plates by the check above
     return lp
+
+
+def detach_params(fn: torch.distributions.Distribution) -> torch.distributions.Distribution:
+    """The same distribution with its parameters cut from the autograd graph.
+
+    Its log density at a reparameterized sample ``z`` then carries gradient to the guide's
+    parameters only through ``z`` (the path derivative), not through the parameters directly
+    (the score). Supported: ``Normal`` and ``Independent`` of a supported distribution (the
+    guide family of :class:`~pyro_vae.model.VAE`).
+
+    :raises NotImplementedError: for any other distribution; a generic copy could keep a
+        cached, still attached parameter (``MultivariateNormal``'s Cholesky factor, say) and
+        give a silently wrong gradient.
+    """
+    if isinstance(fn, torch.distributions.Independent):
+        return type(fn)(detach_params(fn.base_dist), fn.reinterpreted_batch_ndims)
+    if type(fn) in (torch.distributions.Normal, dist.Normal):
+        return type(fn)(fn.loc.detach(), fn.scale.detach())
+    raise NotImplementedError(
+        f"path-derivative estimators (stl, dreg) support Normal and Independent(Normal) guide "
+        f"sites, not {type(fn).__name__}"
+    )
+
+
+class StickingTheLandingELBO(Trace_ELBO):
+    r"""The ELBO with the sticking-the-landing (path derivative) gradient.
+
+    The value is exactly :class:`~pyro.infer.Trace_ELBO`'s for the same sample,
+
+    .. math::
+
+        \mathcal{L}(x) = \mathbb{E}_{q_\phi(z \mid x)}\left[\log p_\theta(x, z)
+            - \log q_\phi(z \mid x)\right],
+
+    but the guide's log density in the surrogate is evaluated with the guide distribution's
+    parameters detached (:func:`detach_params`), at the reparameterized ``z = z(eps, phi)``. So
+    the encoder gradient is the path derivative
+    ``d/dz [log p(x, z) - log q_phi(z | x)] dz/dphi`` without the score term
+    ``-d/dphi log q_phi(z | x)``, whose expectation is zero. The gradient stays unbiased, and it
+    is exactly zero for every sample when ``q`` equals the posterior, where the usual
+    reparameterization gradient still has variance. Model (decoder) gradients are
+    :class:`~pyro.infer.Trace_ELBO`'s. ``num_particles`` averages as for ``Trace_ELBO``.
+
+    A KL weight (``beta != 1``) works as for ``Trace_ELBO``: the sites' scales (and masks)
+    apply to the detached log density too.
+
+    .. warning:: Every guide site must be reparameterizable (``has_rsample``) and a ``Normal``
+        or ``Independent(Normal)``; otherwise :class:`NotImplementedError`.
+
+    .. warning:: The path derivative is unbiased for a guide whose latent sites do not depend on
+        each other (the amortized mean-field guide of :class:`~pyro_vae.model.VAE`). For a
+        hierarchical guide the detached parameters also cut the dependence of one site's
+        parameters on an earlier site's value, and the gradient is biased.
+
+    References:
+
+    [1] G. Roeder, Y. Wu, D. Duvenaud, *Sticking the Landing: Simple, Lower-Variance Gradient
+    Estimators for Variational Inference*, NeurIPS 2017.
+    """
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        elbo_particle = 0.0
+        surrogate_elbo_particle = 0.0
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                elbo_particle = elbo_particle + torch_item(site["log_prob_sum"])
+                surrogate_elbo_particle = surrogate_elbo_particle + site["log_prob_sum"]
+        for site in guide_trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            if not site["fn"].has_rsample:
+                raise NotImplementedError(
+                    f"stl needs a reparameterizable guide; site {site['name']!r} "
+                    f"({type(site['fn']).__name__}) has no rsample"
+                )
+            elbo_particle = elbo_particle - torch_item(site["log_prob_sum"])
+            log_q = detach_params(site["fn"]).log_prob(site["value"])  # no score term
+            log_q = scale_and_mask(log_q, site["scale"], site["mask"])
+            surrogate_elbo_particle = surrogate_elbo_particle - log_q.sum()
+        return -elbo_particle, -surrogate_elbo_particle
+
+
+class DReGELBO(ImportanceWeightedELBO):
+    r"""The IWAE bound with doubly reparameterized gradients (DReG), per datapoint.
+
+    The value is the IWAE bound of :class:`ImportanceWeightedELBO` (``alpha = 0``),
+    ``log (1/K) sum_k w_k``, summed over the ``data`` plate. The gradient, with normalized
+    weights ``w~_k = w_k / sum_j w_j``:
+
+    * model (decoder) parameters: the IWAE gradient ``sum_k w~_k d/dtheta log w_k``;
+    * guide (encoder) parameters: Tucker et al.'s doubly reparameterized estimator
+
+      .. math::
+
+          \sum_{k=1}^K \tilde w_k^2 \, \frac{\partial \log w_k}{\partial z_k}
+              \frac{\partial z_k}{\partial \phi},
+
+      where ``d log w_k / dz_k`` holds ``phi`` in ``q_phi`` fixed. It has the same
+      expectation as the IWAE encoder gradient, and its signal-to-noise ratio does not
+      vanish as K grows (the IWAE one falls as ``O(1 / sqrt(K))``, Rainforth et al.).
+
+    How: ``log w_k`` is computed from the traces with the guide's log density at detached
+    parameters (:func:`detach_params`), so its value is unchanged and the guide parameters
+    are reached only through ``z_k``; differentiating the bound then gives ``w~_k dlog w_k/dz_k``
+    at ``z_k``, and a gradient hook on every guide sample value multiplies it by ``w~_k``
+    once more. No second pass through the model is needed, and
+    :meth:`differentiable_loss` works with a plain torch optimizer over all parameters (or
+    ``estimator(model, guide)(x)``). With ``K = 1`` the gradient is
+    :class:`StickingTheLandingELBO`'s.
+
+    :param int num_particles: K.
+    :param int max_plate_nesting: plates in the model besides the particle plate.
+
+    .. warning:: The guide must be reparameterizable, with ``Normal`` or
+        ``Independent(Normal)`` sites whose parameters do not depend on other latent sites
+        (as in :class:`~pyro_vae.model.VAE`), and the model must not share parameters with the
+        guide: the hook rescales every gradient that reaches ``z``.
+
+    .. warning:: No KL weight: ``beta != 1`` is refused with a ``ValueError``, as for ``iwae``.
+
+    References:
+
+    [1] G. Tucker, D. Lawson, S. Gu, C. J. Maddison, *Doubly Reparameterized Gradient
+    Estimators for Monte Carlo Objectives*, ICLR 2019.
+
+    [2] T. Rainforth, A. R. Kosiorek, T. A. Le, C. J. Maddison, M. Igl, F. Wood, Y. W. Teh,
+    *Tighter Variational Bounds are Not Necessarily Better*, ICML 2018.
+    """
+
+    def __init__(self, num_particles: int = 5, max_plate_nesting: int = 1):
+        super().__init__(0.0, num_particles, max_plate_nesting)
+
+    @property
+    def _name(self) -> str:
+        return "dreg"
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """Minus the IWAE bound summed over the data plate; its gradient is DReG's."""
+        log_w, scale, guide_trace, particle_dim = self._traced_log_weights(
+            model, guide, args, kwargs, detach_guide=True
+        )  # (K, batch); reaches the guide's parameters through z only
+        if torch.is_grad_enabled():
+            w = torch.softmax(log_w.detach(), dim=0)  # (K, batch) normalized weights
+            for site in guide_trace.nodes.values():
+                if site["type"] == "sample" and site["value"].requires_grad:
+                    w_site = _weight_at_site(w, site, self.max_plate_nesting, particle_dim)
+                    site["value"].register_hook(lambda g, w_site=w_site: g * w_site)
+        bound = torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])  # (batch,)
+        return -bound.sum() * scale
+
+
+def _weight_at_site(w: torch.Tensor, site: dict, nesting: int, particle_dim: int | None):
+    """``w`` ``(K or 1, batch)`` reshaped to broadcast against the site's value."""
+    frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.dim != particle_dim]
+    value = site["value"]
+    batch_ndim = value.dim() - site["fn"].event_dim
+    shape = [1] * value.dim()
+    shape[batch_ndim + frames[0].dim] = w.shape[1]
+    if particle_dim is not None:
+        shape[batch_ndim + particle_dim] = w.shape[0]
+    return w.reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -227,6 +413,24 @@ _register(
 )
 
 
+_register(
+    EstimatorSpec(
+        "stl", _trace_elbo(StickingTheLandingELBO),
+        "Trace_ELBO with the sticking-the-landing (path derivative) gradient",
+    )
+)
+_register(
+    EstimatorSpec(
+        "dreg",
+        lambda num_particles=1, max_plate_nesting=1, **unused: DReGELBO(
+            num_particles, max_plate_nesting
+        ),
+        "IWAE bound with doubly reparameterized (DReG) encoder gradients",
+        supports_beta=False,
+    )
+)
+
+
 def make_estimator(
     name: str,
     num_particles: int = 1,
@@ -236,7 +440,8 @@ def make_estimator(
 ) -> ELBO:
     """Build the estimator registered as ``name``.
 
-    :param num_particles: Monte Carlo particles (vectorized when > 1); K for ``iwae``/``renyi``.
+    :param num_particles: Monte Carlo particles (vectorized when > 1); K for ``iwae``, ``renyi``
+        and ``dreg``.
     :param alpha: Renyi order for ``renyi`` (default 0.5).
     :raises UnknownNameError: listing valid names.
     """

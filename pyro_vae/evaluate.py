@@ -316,7 +316,7 @@ def evaluation_mode(vae: VAE) -> Iterator[None]:
     vae.eval()
     vae.beta = 1.0  # the bound and the ELBO of the model itself, whatever the training weight
     try:
-        with torch.no_grad():
+        with torch.no_grad(), pyro.validation_enabled(True):
             yield
     finally:
         vae.beta = beta

@@ -5,7 +5,8 @@ Layout::
     config.json         resolved configuration, versions, git SHA, data shape
     metrics.jsonl       one JSON line per epoch (epoch, step, train_elbo, test_elbo, seconds, lr, beta)
     metrics.csv         the same as a table
-    checkpoint.pt       latest state (model, optimizer, schedule, RNG, epoch, step, config)
+    checkpoint.pt       latest state (model, optimizer, schedule, RNG, epoch, step, metrics,
+                        config; after Ctrl-C also the epoch's permutation and next batch)
     best.pt             the state with the best test ELBO
     reconstructions.png test images (top) and their reconstructions (likelihood means)
     samples.png         likelihood means at prior draws z ~ N(0, I)
@@ -29,6 +30,17 @@ import torch
 from pyro_vae.checkpoint import atomic_write
 
 METRIC_FIELDS = ("epoch", "step", "train_elbo", "test_elbo", "seconds", "lr", "beta")
+
+
+class RunDirectoryError(OSError):
+    """The run directory cannot be created or written (a file in the way, read-only, full).
+
+    ``errno`` is the underlying error's (``errno.ENOSPC`` for a full disk).
+    """
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
 
 
 def default_run_dir(dataset: str, likelihood: str, estimator: str, root: str = "runs") -> Path:
@@ -68,7 +80,10 @@ def environment() -> dict:
 
 
 def prepare(run_dir: str | Path) -> Path:
-    """Create ``run_dir`` and prove it is writable before any training starts."""
+    """Create ``run_dir`` and prove it is writable before any training starts.
+
+    :raises RunDirectoryError: the folder cannot be created or written.
+    """
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -76,8 +91,23 @@ def prepare(run_dir: str | Path) -> Path:
         probe.write_bytes(b"0" * 4096)
         probe.unlink()
     except OSError as e:
-        raise OSError(f"the run directory {run_dir} is not writable ({e}); choose --out") from e
+        raise RunDirectoryError(
+            f"the run directory {run_dir} is not writable ({e.strerror or e}); nothing was "
+            f"trained. Choose another --out, or make room.", e.errno
+        ) from e
     return run_dir
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of writes that a killed process left behind.
+
+    :func:`~pyro_vae.checkpoint.atomic_write` names them ``.<target>.<random>.tmp``; a
+    finished write renames its file, so any that remain belong to a dead writer.
+    """
+    stale = sorted(run_dir.glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def write_config(run_dir: Path, config: dict) -> None:

@@ -5,6 +5,12 @@ Pyro estimator's ``differentiable_loss``, data held on the training device and i
 random permutation there (no per-item DataLoader), binarization and dequantization per batch on
 the device, and the loss read back only every ``log_every`` steps.
 
+Faults stop training without losing work: a non-finite loss is caught on the device and named
+(step and ELBO term); Ctrl-C (SIGINT) writes a checkpoint between two steps, from which
+``resume`` continues bit-identically; a full disk or an unwritable run directory stops with
+the previous checkpoint intact. Checkpoints are written atomically, so a process killed at any
+moment leaves a ``checkpoint.pt`` that loads.
+
 :func:`fit` trains a VAE on tensors (the Python API); :func:`run_training` is what
 ``pyro-vae train`` calls: it loads data and builds the model from a :class:`RunConfig` first.
 """
@@ -12,13 +18,19 @@ the device, and the loss read back only every ``log_every`` steps.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
+import signal
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyro
 import torch
+from pyro import poutine
 from tqdm.auto import tqdm
 
 from pyro_vae import plots, rundir
@@ -27,12 +39,39 @@ from pyro_vae.config import RunConfig, TrainConfig
 from pyro_vae.data import DataSplit, Preprocess, load_data
 from pyro_vae.estimators import check_beta, make_estimator
 from pyro_vae.model import VAE, build_vae
+from pyro_vae.rundir import RunDirectoryError
 
 CHECK_CHUNK = 8192  # datapoints per chunk when checking the support before training
 
 
+#: checkpoint layout written by :func:`fit` (1: epoch boundaries only; 2: adds mid-epoch state)
+CHECKPOINT_FORMAT = 2
+
+
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; training stopped, checkpoints kept."""
+    """The training loss became NaN or infinite; training stopped, checkpoints kept.
+
+    :ivar step: the first step (1-based) whose loss was not finite.
+    :ivar term: ``"reconstruction"``, ``"KL"``, ``"parameters"`` (they were already non-finite)
+        or ``None`` (one traced pass could not reproduce it); see :func:`diagnose_non_finite`.
+    """
+
+    def __init__(self, message: str, step: int, term: str | None):
+        super().__init__(message)
+        self.step, self.term = step, term
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped :func:`fit` between two steps, after it saved a checkpoint.
+
+    :ivar step: steps done; ``checkpoint.pt`` holds the state after this step.
+    :ivar run_dir: where the checkpoint is (``None``: no run directory, nothing was saved).
+    """
+
+    def __init__(self, step: int, run_dir: Path | None):
+        where = f"resume with pyro-vae train --resume {run_dir}" if run_dir else "nothing saved"
+        super().__init__(f"interrupted at step {step}; {where}")
+        self.step, self.run_dir = step, run_dir
 
 
 @dataclass
@@ -63,6 +102,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _validation_on(fn):
+    """Run ``fn`` with Pyro's and torch's argument validation on, whatever ``python -O`` or the
+    caller set (validation defaults to ``__debug__``); the previous setting is restored."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with pyro.validation_enabled(True):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_validation_on
 @torch.no_grad()
 def evaluate_elbo(
     vae: VAE, data: torch.Tensor, preprocess: Preprocess, batch_size: int = 1000
@@ -107,11 +159,156 @@ def check_data(vae: VAE, data: torch.Tensor, preprocess: Preprocess, what: str) 
             vae.likelihood.check_support(preprocess(data[i : i + CHECK_CHUNK]))
 
 
-def _make_optimizer(vae: VAE, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.Adam(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+def _make_optimizer(vae: VAE, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # fused: one kernel per step, and it honours ``found_inf`` (see _NonFiniteGuard)
+    return torch.optim.Adam(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
+class _NonFiniteGuard:
+    """Watches the loss for NaN/inf on the device, with no host sync per step.
+
+    Each step records, on the device, the first step whose loss is not finite and a copy of
+    that step's batch (a ``torch.where`` into a preallocated buffer). From that step on, the
+    fused Adam update is skipped on the device through the optimizer's ``found_inf`` (the
+    mechanism :class:`torch.amp.GradScaler` uses), so a bad step changes no parameter. When the
+    flag is read (every ``log_every`` steps, before any checkpoint, or at once when Pyro's
+    validation rejects a NaN distribution parameter), the model still holds the parameters of
+    the last good step, and :func:`diagnose_non_finite` traces the kept batch with them to name
+    the term that failed.
+    """
+
+    def __init__(self, device: torch.device, batch_size: int):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.batch_size = batch_size
+        self.batch: torch.Tensor | None = None  # (batch_size, *event_shape), on first use
+        self.batch_len = torch.zeros((), dtype=torch.long, device=device)
+
+    def observe(
+        self, loss: torch.Tensor, grad_norm: torch.Tensor, x: torch.Tensor, step: int
+    ) -> torch.Tensor:
+        """Record step ``step`` (1-based); return ``found_inf`` for the optimizer."""
+        if self.batch is None:
+            self.batch = x.new_zeros((self.batch_size, *x.shape[1:]))
+        newly = (self.first_bad < 0) & ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        self.first_bad = torch.where(newly, step, self.first_bad)
+        b = x.shape[0]
+        self.batch[:b] = torch.where(newly, x, self.batch[:b])
+        self.batch_len = torch.where(newly, b, self.batch_len)
+        return (self.first_bad >= 0).to(torch.float32)
+
+    def check(
+        self,
+        vae: VAE,
+        steps_per_epoch: int,
+        kept: str,
+        cause: Exception | None = None,
+        step: int | None = None,
+        x: torch.Tensor | None = None,
+    ) -> None:
+        """Raise :class:`NonFiniteLossError` if a bad step was seen (one host sync).
+
+        ``cause``: Pyro's validation error at step ``step`` on batch ``x``, which counts as bad.
+        """
+        bad = int(self.first_bad)
+        if bad < 0 and cause is None:
+            return
+        if bad < 0:
+            bad, batch = step, x
+        else:
+            batch = self.batch[: int(self.batch_len)]
+        term, detail = diagnose_non_finite(vae, batch)
+        epoch = (bad - 1) // steps_per_epoch + 1
+        raise NonFiniteLossError(
+            f"the training loss or its gradient became non-finite at step {bad} (epoch {epoch}): "
+            f"{detail}. "
+            f"Training stopped; {kept}. Lower --lr, add --grad-clip, or check the data.",
+            step=bad,
+            term=term,
+        ) from cause
+
+
+@torch.no_grad()
+def diagnose_non_finite(vae: VAE, x: torch.Tensor) -> tuple[str | None, str]:
+    """Which ELBO term of ``vae`` is non-finite on the batch ``x``: one traced pass.
+
+    The guide and then the model (replaying the guide's ``z``) run under ``poutine.trace``
+    with validation on, and the log densities that enter the loss are read per site:
+    reconstruction = the ``x`` site's ``log p(x|z)``, KL = ``log q(z|x) - log p(z)`` of the
+    ``z`` sites. A distribution parameter that validation rejects names its side: the encoder's
+    ``q(z|x)`` (the KL term) or the decoder's ``p(x|z)`` (reconstruction).
+
+    :returns: ``(term, sentence)``; ``term`` is ``"parameters"`` when parameters themselves
+        are non-finite, ``"KL"``, ``"reconstruction"``, or ``None`` when this pass is finite
+        (the fault depended on the random draw).
+    """
+    bad = [name for name, p in vae.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        return "parameters", f"the parameters {names} are non-finite"
+    devices = [x.device] if x.is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            guide = poutine.trace(vae.guide).get_trace(x)
+        except ValueError as e:
+            if "Expected parameter" not in str(e):
+                raise
+            return "KL", "the KL term: the encoder's q(z|x) parameters are non-finite"
+        try:
+            model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+        except ValueError as e:
+            if "Expected parameter" not in str(e):
+                raise
+            return "reconstruction", (
+                "the reconstruction term: the decoder's p(x|z) parameters are non-finite"
+            )
+        guide.compute_log_prob()
+        model.compute_log_prob()
+    recon = model.nodes["x"]["log_prob"]  # (B,)
+    kl = guide.nodes["z"]["log_prob"] - model.nodes["z"]["log_prob"]  # (B,)
+    recon_ok, kl_ok = bool(torch.isfinite(recon).all()), bool(torch.isfinite(kl).all())
+    if not kl_ok:
+        also = "finite" if recon_ok else "non-finite too"
+        return "KL", f"the KL term log q(z|x) - log p(z) is non-finite (reconstruction: {also})"
+    if not recon_ok:
+        return "reconstruction", "the reconstruction term log p(x|z) is non-finite (KL: finite)"
+    return None, (
+        "one traced pass of that batch with the same parameters gives finite terms: the "
+        "gradient was non-finite, or the fault depended on the random draw of z"
+    )
+
+
+class _StopRequest:
+    """SIGINT (Ctrl-C) sets a flag that the loop reads between steps, so a checkpoint is never
+    taken in the middle of an optimizer update; a second SIGINT interrupts at once.
+
+    Installed only in the main thread (the only one Python delivers signals to); the previous
+    handler is restored on exit.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        self._installed = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            previous = self._previous if self._previous is not None else signal.default_int_handler
+            signal.signal(signal.SIGINT, previous)
+            self._installed = False
+
+
+@_validation_on
 def fit(
     vae: VAE,
     train: torch.Tensor,
@@ -125,6 +322,13 @@ def fit(
 ) -> TrainResult:
     """Train ``vae`` on ``train`` and evaluate the held-out ELBO on ``test`` every epoch.
 
+    With a run directory, ``checkpoint.pt`` is written before the first step (so the folder is
+    proven writable and a run killed at any moment can be resumed), after every epoch, and on
+    Ctrl-C; ``best.pt`` after every epoch that improves the score. A checkpoint holds the model,
+    optimizer, LR schedule, every RNG state, epoch, step, the metrics so far and, mid-epoch,
+    the epoch's permutation, the next batch index and the epoch's loss sum, so ``resume``
+    continues bit-identically on CPU from any of them.
+
     :param train: ``(N, *event_shape)``; uint8 levels or floats, as :class:`Preprocess` expects.
     :param test: held-out data of the same kind, or ``None``.
     :param config: optimization settings.
@@ -132,15 +336,23 @@ def fit(
     :param out: run directory for checkpoints, metrics and pictures (``None``: keep nothing).
     :param run_config: the full configuration saved in checkpoints (by :func:`run_training`).
     :param resume: continue from ``out/checkpoint.pt`` exactly where it stopped.
-    :raises NonFiniteLossError: if the loss becomes NaN or infinite; the checkpoints from the
-        last finished epoch are kept.
+    :raises NonFiniteLossError: if the loss becomes NaN or infinite; names the step and term,
+        and keeps the last checkpoint.
+    :raises TrainingInterrupted: on Ctrl-C (SIGINT), after writing ``checkpoint.pt``.
+    :raises RunDirectoryError: the run directory is not writable (before training), or a
+        checkpoint write failed (e.g. a full disk); the previous checkpoint is intact.
+    :raises CheckpointError: on ``resume``, an unreadable checkpoint or one of another
+        configuration; nothing is written then.
+
+    .. warning:: Without ``resume``, ``out`` must not hold a checkpoint already: a new run
+        would overwrite it.
     """
     cfg = config
     check_beta(cfg.estimator, cfg.beta, warmup=cfg.warmup_epochs > 0)
     device = resolve_device(cfg.device)
     vae.to(device)
     train = train.to(device)
-    test = None if test is None else test.to(device)
+    test = None if test is None or len(test) == 0 else test.to(device)  # --test-size 0
     n = len(train)
     if n == 0:
         raise ValueError("the training data are empty")
@@ -154,11 +366,18 @@ def fit(
         check_data(vae, test, preprocess, "test")
 
     run_dir = None if out is None else rundir.prepare(out)
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs the run directory (out=...)")
+    if run_dir is not None and not resume and (run_dir / "checkpoint.pt").exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run (checkpoint.pt); continue it with "
+            f"pyro-vae train --resume {run_dir}, or choose another --out"
+        )
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = cfg.warmup_epochs * steps_per_epoch
     estimator = make_estimator(cfg.estimator, cfg.particles, alpha=cfg.alpha)
-    optimizer = _make_optimizer(vae, cfg, device)
+    optimizer = _make_optimizer(vae, cfg)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
         if cfg.lr_schedule == "cosine"
@@ -168,134 +387,207 @@ def fit(
 
     epoch, step, best = 0, 0, -math.inf
     metrics: list[dict] = []
+    mid_epoch = None  # (perm, next batch, loss sum, seconds) of an epoch a checkpoint cut
+    saved_step: int | None = None  # step of the last checkpoint.pt written or resumed from
     if resume:
-        if run_dir is None:
-            raise ValueError("resume=True needs the run directory (out=...)")
         state = load_checkpoint(run_dir / "checkpoint.pt", vae, saved_config, device)
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the flags come back from the file: keep ours
+            group["fused"], group["foreach"] = True, None
         if scheduler is not None and state.get("scheduler") is not None:
+            if state["scheduler"].get("T_max") != scheduler.T_max:
+                # torch's cosine schedule is recursive in the last lr: it cannot be re-spanned
+                raise CheckpointError(
+                    f"this run's cosine learning-rate schedule spans "
+                    f"{state['scheduler'].get('T_max')} steps; resuming with another --epochs "
+                    f"would change it mid-run. Resume with the run's own --epochs, or start a "
+                    f"new run (or use --lr-schedule constant, which can be extended)"
+                )
             scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         epoch, step, best = state["epoch"], state["step"], state["best_test_elbo"]
-        metrics = [r for r in rundir.read_metrics(run_dir) if r["epoch"] <= epoch]
-    elif run_dir is not None and run_config is not None:
-        rundir.write_config(run_dir, run_config)
+        if "metrics" in state:
+            metrics = list(state["metrics"])
+        else:  # format 1
+            metrics = [r for r in rundir.read_metrics(run_dir) if r["epoch"] <= epoch]
+        if state.get("perm") is not None:
+            mid_epoch = _restore_mid_epoch(state, n, steps_per_epoch, device)
+        saved_step = step
+        rundir.remove_stale_temp_files(run_dir)
 
-    def checkpoint(path: Path) -> None:
-        atomic_save(
-            {
-                "format": 1,
-                "model": vae.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": None if scheduler is None else scheduler.state_dict(),
-                "rng": rng_state(),
-                "epoch": epoch,
-                "step": step,
-                "best_test_elbo": best,
-                "config": saved_config,
-            },
-            path,
-        )
+    def written(path: Path, write) -> None:
+        """Run ``write``; turn a failure (full disk, ...) into a clear stop."""
+        try:
+            write()
+        except OSError as e:
+            if step == 0 and not resume:
+                what, then = "before training; nothing was trained", "start again"
+            else:
+                what = f"at step {step}; training stopped. {kept_text()}"
+                then = f"resume with pyro-vae train --resume {run_dir}"
+            raise RunDirectoryError(
+                f"could not write {path} {what} ({e.strerror or e}); no temporary file is "
+                f"left. Make room, then {then}",
+                e.errno,
+            ) from e
 
-    vae.train()
-    for epoch in range(epoch, cfg.epochs):  # noqa: B020 (epoch persists into checkpoint())
-        start = time.perf_counter()
-        perm = torch.randperm(n, device=device)  # (N,) on the device
-        epoch_loss = torch.zeros((), device=device)
-        first_bad = torch.full((), -1, device=device, dtype=torch.long)
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=cfg.quiet,
-            leave=True,
-            dynamic_ncols=True,
-        )
-        window_loss, window_n = torch.zeros((), device=device), 0
-        for i in range(steps_per_epoch):
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = preprocess(train[idx])  # (B, *event_shape)
-            vae.beta = cfg.beta * min(1.0, (step + 1) / warmup_steps) if warmup_steps else cfg.beta
-            try:
-                loss = estimator.differentiable_loss(vae.model, vae.guide, x) / x.shape[0]
-            except ValueError as e:
-                # with validation on, a NaN/inf distribution parameter (from NaN weights or an
-                # overflow) fails Pyro's argument check before any loss exists
-                if not _non_finite_parameter(e, vae):
-                    raise
-                if int(first_bad) < 0:  # keep an earlier bad step already seen on the device
-                    first_bad.fill_(step + 1)
-                _raise_if_bad(first_bad, epoch, run_dir, cause=e)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
-            detached = loss.detach()
-            # stays on the device: no host sync per step
-            first_bad = torch.where(
-                (first_bad < 0) & ~torch.isfinite(detached), step, first_bad
-            )
-            epoch_loss += detached * x.shape[0]
-            window_loss += detached
-            window_n += 1
-            bar.update()
-            if step % cfg.log_every == 0 or i == steps_per_epoch - 1:
-                _raise_if_bad(first_bad, epoch, run_dir)
-                if not cfg.quiet:
-                    bar.set_postfix(elbo=f"{-(window_loss / window_n).item():.2f}")
-                window_loss.zero_()
-                window_n = 0
-        train_elbo = -(epoch_loss / n).item()
-        test_elbo = math.nan if test is None else evaluate_elbo(vae, test, preprocess)
-        row = {
-            "epoch": epoch + 1,
+    def save(path: Path, batch: int = 0, perm=None, epoch_loss=None, seconds=0.0) -> None:
+        nonlocal saved_step
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "model": vae.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "rng": rng_state(),
+            "epoch": epoch,
             "step": step,
-            "train_elbo": train_elbo,
-            "test_elbo": test_elbo,
-            "seconds": time.perf_counter() - start,
-            "lr": optimizer.param_groups[0]["lr"],
-            "beta": vae.beta,
+            "batch": batch,
+            "perm": perm,
+            "epoch_loss": epoch_loss,
+            "epoch_seconds": seconds,
+            "best_test_elbo": best,
+            "metrics": metrics,
+            "config": saved_config,
         }
-        metrics.append(row)
-        bar.set_postfix(train=f"{train_elbo:.2f}", test=f"{test_elbo:.2f}")
-        bar.close()
-        score = train_elbo if test is None else test_elbo
-        improved = score > best
-        best = max(best, score)
-        epoch += 1
-        if run_dir is not None:
-            rundir.write_metrics(run_dir, metrics)
-            checkpoint(run_dir / "checkpoint.pt")
-            if improved:
-                checkpoint(run_dir / "best.pt")
+        written(path, lambda: atomic_save(state, path))
+        if path.name == "checkpoint.pt":
+            saved_step = step
+
+    def kept_text() -> str:
+        if run_dir is None:
+            return "no run directory was given, so nothing was saved"
+        if saved_step is None or saved_step == 0:
+            return "no checkpoint of trained parameters was written yet"
+        return f"{run_dir / 'checkpoint.pt'} from step {saved_step} is kept"
+
+    stop = _StopRequest()
+    guard = _NonFiniteGuard(device, cfg.batch_size)
+    vae.train()
+    with stop, warnings.catch_warnings():
+        # the guard reports a NaN loss with its step and term; Pyro's warning would repeat it
+        warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
+        if resume:
+            written(run_dir / "metrics.jsonl", lambda: rundir.write_metrics(run_dir, metrics))
+        elif run_dir is not None:
+            if run_config is not None:
+                written(run_dir / "config.json", lambda: rundir.write_config(run_dir, run_config))
+            save(run_dir / "checkpoint.pt")  # step 0: proves the folder takes a checkpoint
+        for epoch in range(epoch, cfg.epochs):  # noqa: B020 (epoch persists into save())
+            if mid_epoch is not None:
+                perm, first, epoch_loss, seconds_before = mid_epoch
+                mid_epoch = None
+            else:
+                perm = torch.randperm(n, device=device)  # (N,) on the device
+                first, epoch_loss, seconds_before = 0, torch.zeros((), device=device), 0.0
+            start = time.perf_counter() - seconds_before
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=first,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=cfg.quiet,
+                leave=True,
+                dynamic_ncols=True,
+            )
+            window_loss, window_n = torch.zeros((), device=device), 0
+            for i in range(first, steps_per_epoch):
+                if stop.requested:
+                    bar.close()
+                    guard.check(vae, steps_per_epoch, kept_text())
+                    if run_dir is not None:
+                        save(run_dir / "checkpoint.pt", i, perm, epoch_loss,
+                             time.perf_counter() - start)
+                    raise TrainingInterrupted(step, run_dir)
+                idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                x = preprocess(train[idx])  # (B, *event_shape)
+                vae.beta = (
+                    cfg.beta * min(1.0, (step + 1) / warmup_steps) if warmup_steps else cfg.beta
+                )
+                try:
+                    loss = estimator.differentiable_loss(vae.model, vae.guide, x) / x.shape[0]
+                except ValueError as e:
+                    # with validation on, a NaN distribution parameter fails Pyro's argument
+                    # check before any loss exists
+                    if not _non_finite_parameter(e, vae):
+                        raise
+                    bar.close()
+                    guard.check(vae, steps_per_epoch, kept_text(), cause=e, step=step + 1, x=x)
+                    raise
+                detached = loss.detach()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+                else:
+                    grad_norm = torch.nn.utils.get_total_norm(
+                        [p.grad for p in vae.parameters() if p.grad is not None]
+                    )
+                # stays on the device: no host sync per step; a finite loss with a non-finite
+                # gradient is a bad step too (it would poison every parameter)
+                optimizer.found_inf = guard.observe(detached, grad_norm, x, step + 1)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                step += 1
+                epoch_loss += detached * x.shape[0]
+                window_loss += detached
+                window_n += 1
+                bar.update()
+                if step % cfg.log_every == 0 or i == steps_per_epoch - 1:
+                    guard.check(vae, steps_per_epoch, kept_text())
+                    if not cfg.quiet:
+                        bar.set_postfix(elbo=f"{-(window_loss / window_n).item():.2f}")
+                    window_loss.zero_()
+                    window_n = 0
+            train_elbo = -(epoch_loss / n).item()
+            test_elbo = math.nan if test is None else evaluate_elbo(vae, test, preprocess)
+            row = {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_elbo": train_elbo,
+                "test_elbo": test_elbo,
+                "seconds": time.perf_counter() - start,
+                "lr": optimizer.param_groups[0]["lr"],
+                "beta": vae.beta,
+            }
+            metrics.append(row)
+            bar.set_postfix(train=f"{train_elbo:.2f}", test=f"{test_elbo:.2f}")
+            bar.close()
+            score = train_elbo if test is None else test_elbo
+            improved = score > best
+            best = max(best, score)
+            epoch += 1
+            if run_dir is not None:
+                # best.pt first: a kill between the two writes redoes this epoch on resume,
+                # which rewrites the same best.pt; the other order could lose it
+                if improved:
+                    save(run_dir / "best.pt")
+                save(run_dir / "checkpoint.pt")
+                written(run_dir / "metrics.jsonl", lambda: rundir.write_metrics(run_dir, metrics))
     if run_dir is not None:
         write_pictures(vae, test if test is not None else train, preprocess, run_dir, metrics)
     return TrainResult(vae=vae, run_dir=run_dir, metrics=metrics, best_test_elbo=best)
+
+
+def _restore_mid_epoch(state: dict, n: int, steps_per_epoch: int, device) -> tuple:
+    perm, batch = state["perm"], state.get("batch", 0)
+    if (
+        not isinstance(perm, torch.Tensor)
+        or perm.shape != (n,)
+        or not 0 <= batch < steps_per_epoch
+        or state["step"] != state["epoch"] * steps_per_epoch + batch
+    ):
+        raise CheckpointError(
+            f"the mid-epoch state in the checkpoint (batch {batch} of {steps_per_epoch}, "
+            f"permutation of {None if perm is None else tuple(perm.shape)}) does not fit "
+            f"{n} training datapoints in batches of this size"
+        )
+    return perm.to(device), batch, state["epoch_loss"].to(device), state.get("epoch_seconds", 0.0)
 
 
 def _non_finite_parameter(error: ValueError, vae: VAE) -> bool:
     if not all(torch.isfinite(p).all() for p in vae.parameters()):
         return True
     return "Expected parameter" in str(error)  # torch's message for an invalid distribution arg
-
-
-def _raise_if_bad(
-    first_bad: torch.Tensor, epoch: int, run_dir: Path | None, cause: Exception | None = None
-) -> None:
-    bad = int(first_bad)  # the one host sync per log interval
-    if bad >= 0:
-        kept = (
-            f"the checkpoints in {run_dir} from the last finished epoch ({epoch}) are kept"
-            if run_dir is not None and epoch > 0
-            else "no checkpoint was written yet"
-        )
-        raise NonFiniteLossError(
-            f"the training loss became non-finite at step {bad} (epoch {epoch + 1}); training "
-            f"stopped and {kept}. Lower --lr, add --grad-clip, or check the data."
-        ) from cause
 
 
 @torch.no_grad()
@@ -318,39 +610,59 @@ def write_pictures(
 def load_checkpoint(
     path: str | Path, vae: VAE, expected_config: dict | None = None, device="cpu"
 ) -> dict:
-    """Load a checkpoint into ``vae`` and return it.
+    """Load a checkpoint (``weights_only=True``) into ``vae`` and return it.
 
-    :raises CheckpointError: unreadable file, or a checkpoint of another model/config (the
-        message lists the mismatching settings or parameters).
+    :param expected_config: the configuration the checkpoint must have been written under;
+        every setting but those in :data:`RESUMABLE` must match.
+    :raises CheckpointError: unreadable, truncated or unsafe file, or a checkpoint of another
+        model/config (the message lists every mismatching setting or parameter). Nothing is
+        loaded into ``vae`` then.
     """
     state = safe_load(path, map_location=device)
     missing = {"model", "optimizer", "rng", "epoch", "step", "config"} - set(state)
     if missing:
         raise CheckpointError(f"{path} is not a pyro-vae checkpoint (missing {sorted(missing)})")
+    if state.get("format", 1) > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {state['format']}, newer than this pyro-vae reads "
+            f"({CHECKPOINT_FORMAT}); update pyro-vae"
+        )
     if expected_config is not None:
         diffs = _config_diff(state["config"], expected_config)
         if diffs:
             raise CheckpointError(
                 f"{path} was written for another configuration: " + "; ".join(diffs)
+                + ". Use the checkpoint's settings, or start a new run with another --out."
             )
     try:
         vae.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path} holds parameters of another model: {e}") from e
+        detail = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise CheckpointError(f"{path} holds parameters of another model: {detail}") from e
     return state
 
 
 #: settings that may differ on resume (the rest must match the checkpoint)
-_RESUMABLE = {"epochs", "quiet", "log_every", "device", "data_dir", "download"}
+RESUMABLE = frozenset({"epochs", "quiet", "log_every", "device", "data_dir", "download"})
+
+#: facts about the data recorded beside the settings; a resumed run must see the same
+_DATA_FACTS = ("event_shape", "num_train", "num_test")
 
 
 def _config_diff(saved: dict, expected: dict) -> list[str]:
+    # as config.json holds them: tuples and lists compare equal
+    saved, expected = json.loads(json.dumps(saved)), json.loads(json.dumps(expected))
     diffs = []
-    for section in ("model", "data"):
-        a, b = saved.get(section, {}), expected.get(section, {})
+    for section in ("model", "data", "train"):
+        a, b = saved.get(section), expected.get(section)
+        if a is None or b is None:  # e.g. fit() without run_config records train only
+            continue
         for key in sorted(set(a) | set(b)):
-            if key not in _RESUMABLE and a.get(key) != b.get(key):
+            if key not in RESUMABLE and a.get(key) != b.get(key):
                 diffs.append(f"{section}.{key}: checkpoint {a.get(key)!r}, now {b.get(key)!r}")
+    for key in _DATA_FACTS:
+        if key in saved and key in expected and saved[key] != expected[key]:
+            diffs.append(f"{key}: checkpoint {saved[key]!r}, now {expected[key]!r}")
     return diffs
 
 
@@ -403,7 +715,11 @@ def run_training(cfg: RunConfig, out: str | Path | None = None, resume: bool = F
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> tuple[VAE, dict]:
-    """Rebuild the VAE of a run directory from ``config.json`` and ``<which>.pt``."""
+    """Rebuild the VAE of a run directory from ``config.json`` and ``<which>.pt``.
+
+    :raises CheckpointError: the checkpoint is unreadable or unsafe, or was written for
+        another configuration than ``config.json`` (the mismatches are listed).
+    """
     run_dir = Path(run_dir)
     config = rundir.read_config(run_dir)
     m = config["model"]
@@ -411,5 +727,5 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> t
         config["event_shape"], m["likelihood"], m["latent_dim"], m["hidden"], m["arch"],
         m["activation"], scale=m.get("scale"),
     )
-    load_checkpoint(run_dir / f"{which}.pt", vae, device=device)
+    load_checkpoint(run_dir / f"{which}.pt", vae, expected_config=config, device=device)
     return vae.to(device), config

@@ -240,3 +240,18 @@ def test_a_common_site_scale_multiplies_the_bound_outside_the_log_mean_exp(probl
     pyro.set_rng_seed(11)
     scaled = est.differentiable_loss(scaled_model, scaled_guide, x)
     torch.testing.assert_close(scaled, 3.0 * plain, rtol=1e-12, atol=1e-10)
+
+
+def test_a_kl_weight_on_the_model_alone_is_refused_too(problem):
+    W, b, x, _ = problem
+    vae = make_vae(W, b, SIGMA)
+
+    def model(x):
+        loc = x.new_zeros(x.shape[0], W.shape[1])
+        with pyro.plate("data", x.shape[0]):
+            with pyro.poutine.scale(scale=0.5):  # only the prior's site gets a weight
+                z = pyro.sample("z", pyro.distributions.Normal(loc, 1.0).to_event(1))
+            pyro.sample("x", vae.likelihood.distribution(vae.decoder(z)), obs=x)
+
+    with pytest.raises(ValueError, match="model z.*0.5"):
+        make_estimator("iwae", 3).differentiable_loss(model, vae.guide, x)

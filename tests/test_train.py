@@ -233,3 +233,56 @@ def test_cli_rejects_invalid_settings_at_parse_time(tmp_path, args, message):
     assert res.returncode == 2
     assert message in res.stderr
     assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_non_finite_gradient_with_finite_loss_is_a_bad_step(tmp_path):
+    # the loss is finite but one gradient is NaN: no update may use it, no checkpoint keeps it
+    split = Preprocess("dynamic").prepare(load_data("shapes", num_shapes=256, test_size=64))
+    vae = build_vae(split.event_shape, **SMALL)
+    calls = {"n": 0}
+
+    def poison(grad):
+        calls["n"] += 1
+        return grad * float("nan") if calls["n"] == 6 else grad
+
+    vae.decoder.net[0].weight.register_hook(poison)
+    cfg = TrainConfig(epochs=3, batch_size=64, quiet=True, log_every=100)
+    with pytest.raises(NonFiniteLossError, match=r"loss or its gradient .* step 6 \(epoch 2\)"):
+        fit(vae, split.train, split.test, cfg, preprocess=Preprocess("dynamic"), out=tmp_path)
+    for name in ("checkpoint.pt", "best.pt"):
+        state = safe_load(tmp_path / name)
+        assert all(torch.isfinite(v).all() for v in state["model"].values()), name
+    assert all(torch.isfinite(p).all() for p in vae.parameters())  # the update was skipped
+
+
+def test_extending_a_cosine_run_is_refused(tmp_path):
+    cfg = small_config(epochs=1, lr_schedule="cosine")
+    run_training(cfg, out=tmp_path / "r")
+    longer = RunConfig(model=cfg.model, data=cfg.data, train=TrainConfig(**{**cfg.train.__dict__, "epochs": 2}))
+    with pytest.raises(CheckpointError, match="cosine .* spans 10 steps"):
+        run_training(longer, out=tmp_path / "r", resume=True)
+
+
+def test_no_test_split_trains_and_keeps_the_best_training_objective(tmp_path):
+    cfg = small_config(epochs=2)
+    cfg = RunConfig(model=cfg.model, data=DataConfig(num_shapes=300, test_size=0), train=cfg.train)
+    result = run_training(cfg, out=tmp_path / "r")
+    assert all(np.isnan(r["test_elbo"]) for r in result.metrics)
+    assert result.best_test_elbo == max(r["train_elbo"] for r in result.metrics)
+
+
+def test_validation_is_on_during_training_even_under_python_O(tmp_path):
+    code = """
+import torch, pyro.infer.util as u
+from pyro_vae.train import fit
+from pyro_vae.model import build_vae
+from pyro_vae.config import TrainConfig
+seen = []
+vae = build_vae((4,), "bernoulli", latent_dim=2, hidden=(8,))
+vae.decoder.register_forward_hook(lambda m, i, o: seen.append(u.is_validation_enabled()))
+fit(vae, torch.ones(8, 4), None, TrainConfig(batch_size=4, epochs=1, quiet=True))
+print(u.is_validation_enabled(), all(seen), len(seen))
+"""
+    res = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "True", "2"]  # on inside fit, restored after

@@ -1,0 +1,417 @@
+"""The estimator comparison: ``pyro-vae compare`` and ``experiments/compare_estimators.py``.
+
+Trains the same model on the same data, for the same number of epochs, once per estimator, K
+and seed (``elbo``, ``meanfield`` and ``stl`` with one particle; ``iwae`` and ``dreg`` with
+each K), all through :func:`pyro_vae.train.run_training`. Then, for each run at its final
+parameters:
+
+* the held-out ELBO (analytic KL, beta = 1) after the last epoch, from the run's metrics;
+* the importance-sampled log p(x) with ``iw_samples`` particles
+  (:func:`pyro_vae.evaluate.importance_log_px`) on the run's test split (its first
+  ``num_test`` datapoints), prepared by :func:`pyro_vae.evaluate.evaluation_data`;
+* seconds per epoch (training plus the held-out ELBO), from ``metrics.jsonl``;
+* the encoder and decoder gradient SNR of the run's own estimator and K
+  (:func:`pyro_vae.gradients.gradient_snr`) on the first ``snr_batch`` test datapoints.
+
+Every figure is in nats per datapoint, higher is better, reported as mean +- sd over seeds.
+Finally :func:`~pyro_vae.gradients.gradient_snr` at *fixed* parameters (the final ``meanfield``
+model of the first seed) for every estimator and every K in ``{1} + ks`` gives the SNR-vs-K
+picture.
+
+The seed is the training seed; for sources without their own test split (the embedded shapes,
+a single idx file such as MNIST's t10k) it also chooses the held-out datapoints, so every seed
+has its own split and the estimators are compared on the same split within a seed.
+
+Writes into ``out``: ``comparison.md``, ``comparison.csv`` (one line per estimator and K),
+``runs.csv`` (one line per run), ``snr.csv``, ``learning_curves.png``, ``snr.png`` and the
+run directories under ``runs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from pyro_vae.config import DEVICES, DataConfig, ModelConfig, RunConfig, TrainConfig
+from pyro_vae.likelihoods import LIKELIHOODS
+
+#: the estimators with one particle, then the importance-weighted ones at every K
+SINGLE_PARTICLE = ("elbo", "meanfield", "stl")
+MULTI_PARTICLE = ("iwae", "dreg")
+#: fewest seeds a comparison reports a spread over
+MIN_SEEDS = 3
+#: the run whose final parameters the SNR-vs-K picture is drawn at
+SNR_REFERENCE = "meanfield"
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What to compare, and how hard.
+
+    :param seeds: at least :data:`MIN_SEEDS` distinct training seeds.
+    :param ks: K of ``iwae`` and ``dreg`` (each a separate run).
+    :param iw_samples: K of the importance-sampled log p(x) (Burda et al.: 5000).
+    :param num_test: evaluate log p(x) on the first ``num_test`` test datapoints
+        (``None``: all).
+    :param snr_draws: gradient draws R per SNR estimate.
+    :param snr_batch: test datapoints in the batch the SNR is measured on.
+    """
+
+    dataset: str = "shapes"
+    epochs: int = 10
+    seeds: tuple[int, ...] = (0, 1, 2)
+    ks: tuple[int, ...] = (5, 50)
+    iw_samples: int = 5000
+    num_test: int | None = None
+    snr_draws: int = 100
+    snr_batch: int = 100
+    likelihood: str = "bernoulli"
+    latent_dim: int = 20
+    hidden: tuple[int, ...] = (400,)
+    batch_size: int = 128
+    lr: float = 1e-3
+    num_shapes: int = 10000
+    test_size: int = 1000
+    device: str = "auto"
+    quiet: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if len(set(self.seeds)) < MIN_SEEDS or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(
+                f"a comparison needs at least {MIN_SEEDS} distinct seeds (mean +- sd over "
+                f"seeds), got {list(self.seeds)}"
+            )
+        if not self.ks or any(k < 1 for k in self.ks) or len(set(self.ks)) != len(self.ks):
+            raise ValueError(f"ks must be distinct K >= 1, got {list(self.ks)}")
+        for name in ("epochs", "iw_samples", "snr_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1")
+        if self.snr_draws < 2:
+            raise ValueError("snr-draws must be >= 2")
+        if self.num_test is not None and self.num_test < 1:
+            raise ValueError("num-test must be >= 1")
+        # the run settings validate themselves (latent dim, likelihood, lr, ...)
+        self.run_config("meanfield", 1, self.seeds[0])
+
+    def runs(self) -> list[tuple[str, int]]:
+        """``(estimator, K)`` of every compared configuration, in report order."""
+        return [(e, 1) for e in SINGLE_PARTICLE] + [(e, k) for e in MULTI_PARTICLE for k in self.ks]
+
+    def run_config(self, estimator: str, K: int, seed: int) -> RunConfig:
+        return RunConfig(
+            model=ModelConfig(
+                likelihood=self.likelihood, latent_dim=self.latent_dim, hidden=self.hidden
+            ),
+            data=DataConfig(
+                dataset=self.dataset, num_shapes=self.num_shapes, test_size=self.test_size
+            ),
+            train=TrainConfig(
+                estimator=estimator, particles=K, epochs=self.epochs,
+                batch_size=self.batch_size, lr=self.lr, seed=seed, device=self.device,
+                quiet=self.quiet,
+            ),
+        )
+
+
+@dataclass
+class RunSummary:
+    """One trained run's numbers (nats per datapoint, higher is better)."""
+
+    estimator: str
+    K: int
+    seed: int
+    test_elbo: float
+    log_px: float
+    log_px_se: float
+    seconds_per_epoch: float
+    encoder_snr: float
+    decoder_snr: float
+    run_dir: str
+    #: log p(x) minus that of the same seed's meanfield run (same split and particles)
+    log_px_gain: float = math.nan
+    curve: list[float] = field(default_factory=list, repr=False)  # test ELBO per epoch
+    train_curve: list[float] = field(default_factory=list, repr=False)  # training objective
+
+
+@dataclass
+class Comparison:
+    """What :func:`run_comparison` returns; ``markdown`` is ``comparison.md``."""
+
+    config: CompareConfig
+    out: Path
+    runs: list[RunSummary]
+    table: list[dict]
+    snr: list  # GradientStats at fixed parameters
+    markdown: str
+
+
+#: aggregated columns: name in the table, RunSummary attribute, decimals
+_COLUMNS = (
+    ("test ELBO", "test_elbo", 2),
+    ("log p(x)", "log_px", 2),
+    (f"log p(x) - {SNR_REFERENCE}", "log_px_gain", 2),
+    ("s / epoch", "seconds_per_epoch", 2),
+    ("encoder SNR", "encoder_snr", 3),
+    ("decoder SNR", "decoder_snr", 3),
+)
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    values = [float(v) for v in values]
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def aggregate(runs: Sequence[RunSummary]) -> list[dict]:
+    """Mean and sd over seeds per (estimator, K): one dict per configuration."""
+    keys = list(dict.fromkeys((r.estimator, r.K) for r in runs))
+    table = []
+    for est, K in keys:
+        group = [r for r in runs if (r.estimator, r.K) == (est, K)]
+        row = {"estimator": est, "K": K, "seeds": len(group)}
+        for _, attr, _ in _COLUMNS:
+            row[f"{attr}_mean"], row[f"{attr}_sd"] = _mean_sd([getattr(r, attr) for r in group])
+        table.append(row)
+    return table
+
+
+def _markdown_table(table: Sequence[dict], iw_samples: int) -> str:
+    head = ["estimator", "K"] + [
+        f"log p(x), IS K={iw_samples}" if attr == "log_px" else name for name, attr, _ in _COLUMNS
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(_COLUMNS)]
+    for row in table:
+        cells = [row["estimator"], str(row["K"])]
+        for _, attr, digits in _COLUMNS:
+            cells.append(f"{row[f'{attr}_mean']:.{digits}f} +- {row[f'{attr}_sd']:.{digits}f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _csv(rows: Sequence[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def plot_learning_curves(runs: Sequence[RunSummary]):
+    """Held-out ELBO and training objective per epoch: mean over seeds, band +- sd, one line
+    per (estimator, K). Returns a :class:`matplotlib.figure.Figure`."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(11, 4.2), dpi=110)
+    axes = fig.subplots(1, 2)
+    keys = list(dict.fromkeys((r.estimator, r.K) for r in runs))
+    panels = (("curve", "held-out ELBO (analytic KL, beta = 1)"),
+              ("train_curve", "training objective (each estimator's bound)"))
+    for ax, (attr, title) in zip(axes, panels):
+        for est, K in keys:
+            curves = torch.tensor(
+                [getattr(r, attr) for r in runs if (r.estimator, r.K) == (est, K)]
+            )  # (seeds, epochs)
+            mean = curves.mean(0)
+            sd = curves.std(0) if len(curves) > 1 else torch.zeros_like(mean)
+            epochs = range(1, len(mean) + 1)
+            label = est if est in SINGLE_PARTICLE else f"{est} K={K}"
+            (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=label)
+            ax.fill_between(epochs, mean - sd, mean + sd, alpha=0.15, color=line.get_color())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats per datapoint (higher is better)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def run_comparison(config: CompareConfig, out: str | Path | None = None) -> Comparison:
+    """Train, evaluate and report every (estimator, K, seed) of ``config`` into ``out``.
+
+    :param out: output folder (default ``runs/<time>-<dataset>-<likelihood>-compare``).
+    """
+    from pyro_vae.evaluate import evaluation_data, importance_log_px
+    from pyro_vae.gradients import gradient_snr, plot_snr, snr_noise_floor, snr_table
+    from pyro_vae.rundir import atomic_write_text, default_run_dir, prepare
+    from pyro_vae.train import run_training
+
+    cfg = config
+    started = time.perf_counter()
+    if out is not None and any((Path(out) / "runs").glob("*/checkpoint.pt")):
+        raise FileExistsError(f"{out} already holds a comparison's runs; choose another --out")
+    if out is None:
+        out = default_run_dir(cfg.dataset, cfg.likelihood, "compare")
+    out = prepare(out)
+    plan = [(est, K, seed) for seed in cfg.seeds for est, K in cfg.runs()]
+    data: dict[int, torch.Tensor] = {}  # seed -> the test split as the model sees it
+    runs: list[RunSummary] = []
+    reference = None
+    for i, (est, K, seed) in enumerate(plan):
+        label = est if est in SINGLE_PARTICLE else f"{est}-K{K}"
+        run_dir = out / "runs" / f"{label}-seed{seed}"
+        result = run_training(cfg.run_config(est, K, seed), out=run_dir)
+        vae = result.vae
+        device = next(vae.parameters()).device
+        if seed not in data:
+            x, _, _, _ = evaluation_data(result.run_dir)
+            data[seed] = x[: cfg.num_test] if cfg.num_test else x
+        x = data[seed].to(device)
+        iw = importance_log_px(vae, x, cfg.iw_samples, seed=0, quiet=cfg.quiet)
+        stats = gradient_snr(vae, x[: cfg.snr_batch], est, [K], R=cfg.snr_draws, seed=seed)
+        snr = {s.group: s.snr for s in stats}
+        run = RunSummary(
+            estimator=est, K=K, seed=seed, test_elbo=result.test_elbo, log_px=iw.mean,
+            log_px_se=iw.se,
+            seconds_per_epoch=statistics.fmean(m["seconds"] for m in result.metrics),
+            encoder_snr=snr["encoder"], decoder_snr=snr["decoder"], run_dir=str(result.run_dir),
+            curve=[m["test_elbo"] for m in result.metrics],
+            train_curve=[m["train_elbo"] for m in result.metrics],
+        )
+        runs.append(run)
+        if reference is None and est == SNR_REFERENCE:
+            reference = (vae, x[: cfg.snr_batch], seed)
+        if not cfg.quiet:
+            print(
+                f"[{i + 1}/{len(plan)}] {label} seed {seed}: test ELBO {run.test_elbo:.2f}, "
+                f"log p(x) {run.log_px:.2f}, {run.seconds_per_epoch:.2f} s/epoch, SNR encoder "
+                f"{run.encoder_snr:.3g} decoder {run.decoder_snr:.3g}",
+                flush=True,
+            )
+
+    vae, x_snr, seed = reference
+    snr_ks = sorted({1, *cfg.ks})
+    snr_rows = gradient_snr(
+        vae, x_snr, list(SINGLE_PARTICLE + MULTI_PARTICLE), snr_ks, R=cfg.snr_draws, seed=seed
+    )
+    base = {r.seed: r.log_px for r in runs if r.estimator == SNR_REFERENCE}
+    for r in runs:
+        r.log_px_gain = r.log_px - base[r.seed]
+    table = aggregate(runs)
+    elapsed = time.perf_counter() - started
+
+    atomic_write_text(out / "comparison.csv", _csv(table))
+    atomic_write_text(
+        out / "runs.csv",
+        _csv([
+            {k: v for k, v in asdict(r).items() if k not in ("curve", "train_curve")}
+            for r in runs
+        ]),
+    )
+    atomic_write_text(out / "snr.csv", _csv([s.as_dict() for s in snr_rows]))
+    plot_learning_curves(runs).savefig(out / "learning_curves.png")
+    plot_snr(
+        snr_rows, title=f"gradient SNR at the final {SNR_REFERENCE} parameters (seed {seed}), "
+                        f"R = {cfg.snr_draws}"
+    ).savefig(out / "snr.png")
+
+    n_test = len(data[cfg.seeds[0]])
+    settings = ", ".join(f"{k}={v}" for k, v in asdict(cfg).items() if k not in ("quiet",))
+    markdown = f"""# Estimator comparison
+
+Settings: {settings}. Torch threads: {torch.get_num_threads()}. Wall time: {elapsed / 60:.1f} min.
+
+Mean +- sd over {len(cfg.seeds)} seeds ({", ".join(map(str, cfg.seeds))}); nats per datapoint, \
+higher is better.
+
+- test ELBO: the analytic-KL ELBO (beta = 1) on the whole test split after the last epoch.
+- log p(x): importance sampling with K = {cfg.iw_samples} on {n_test} test datapoints; \
+`log p(x) - {SNR_REFERENCE}`: its difference to the same seed's `{SNR_REFERENCE}` run (same \
+datapoints and particles), which removes the spread of the per-seed test splits.
+- s / epoch: training plus the held-out ELBO.
+- SNR: mean over parameters of |E g| / sd(g) for the run's own estimator and K at its final \
+parameters, R = {cfg.snr_draws} draws on {min(cfg.snr_batch, n_test)} test datapoints (a \
+parameter with no signal still shows ~{snr_noise_floor(cfg.snr_draws):.3f}).
+
+{_markdown_table(table, cfg.iw_samples)}
+
+## Gradient SNR against K at fixed parameters
+
+The final `{SNR_REFERENCE}` model of seed {seed}; every estimator draws R = {cfg.snr_draws} \
+gradients at each K from the same seed (K: importance samples for iwae and dreg, averaged \
+particles otherwise). SNR +- an upper bound on its standard error; variance: mean over \
+parameters of Var(g).
+
+{snr_table(snr_rows)}
+
+Files: `comparison.csv`, `runs.csv`, `snr.csv`, `learning_curves.png`, `snr.png`, `runs/`.
+"""
+    atomic_write_text(out / "comparison.md", markdown)
+    return Comparison(cfg, out, runs, table, snr_rows, markdown)
+
+
+# ----------------------------------------------------------------------- command line
+
+
+def add_compare_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``pyro-vae compare`` and ``experiments/compare_estimators.py``."""
+    d = CompareConfig()
+    p.add_argument("--dataset", default=d.dataset,
+                   help="shapes, mnist, ..., or a path (e.g. ../shared/data/mnist-t10k)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of every run")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds),
+                   help=f"training seeds, at least {MIN_SEEDS}")
+    p.add_argument("--ks", type=int, nargs="+", default=list(d.ks), help="K of iwae and dreg")
+    p.add_argument("--iw-samples", type=int, default=d.iw_samples,
+                   help="K of the importance-sampled log p(x)")
+    p.add_argument("--num-test", type=int, default=d.num_test,
+                   help="evaluate log p(x) on the first N test datapoints (None: all)")
+    p.add_argument("--snr-draws", type=int, default=d.snr_draws,
+                   help="gradient draws R per SNR estimate")
+    p.add_argument("--snr-batch", type=int, default=d.snr_batch,
+                   help="test datapoints in the SNR batch")
+    p.add_argument("--likelihood", choices=LIKELIHOODS.names(), default=d.likelihood)
+    p.add_argument("--latent-dim", type=int, default=d.latent_dim)
+    p.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden))
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--num-shapes", type=int, default=d.num_shapes,
+                   help="training images of the shapes dataset")
+    p.add_argument("--test-size", type=int, default=d.test_size,
+                   help="held-out datapoints when the source has no test split")
+    p.add_argument("--device", choices=DEVICES, default=d.device)
+    p.add_argument("--out", default=None,
+                   help="output folder (default: runs/<time>-<dataset>-<likelihood>-compare)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+
+
+def config_from_args(args: argparse.Namespace) -> CompareConfig:
+    """A :class:`CompareConfig` from parsed :func:`add_compare_flags` flags."""
+    return CompareConfig(
+        dataset=args.dataset, epochs=args.epochs, seeds=tuple(args.seeds), ks=tuple(args.ks),
+        iw_samples=args.iw_samples, num_test=args.num_test, snr_draws=args.snr_draws,
+        snr_batch=args.snr_batch, likelihood=args.likelihood, latent_dim=args.latent_dim,
+        hidden=tuple(args.hidden), batch_size=args.batch_size, lr=args.lr,
+        num_shapes=args.num_shapes, test_size=args.test_size, device=args.device,
+        quiet=args.quiet,
+    )
+
+
+def report_comparison(config: CompareConfig, out: str | Path | None = None) -> int:
+    """:func:`run_comparison`, then print the table and where the report is."""
+    result = run_comparison(config, out)
+    print(_markdown_table(result.table, config.iw_samples))
+    print(f"report: {result.out / 'comparison.md'}")
+    return 0
+
+
+def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``experiments/compare_estimators.py``: invalid settings end in ``parser.error``."""
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    return report_comparison(cfg, args.out)
