@@ -35,7 +35,6 @@ ICLR 2016 (dequantization and bits/dim).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -53,7 +52,7 @@ from torch.distributions import Independent, kl_divergence
 from tqdm.auto import tqdm
 
 from pyro_vae.estimators import ImportanceWeightedELBO
-from pyro_vae.model import VAE
+from pyro_vae.model import VAE, evaluation_mode
 
 #: Burda et al.'s threshold on Cov_x(E_q[z_d | x]) for an active latent dimension.
 ACTIVE_THRESHOLD = 0.01
@@ -305,32 +304,8 @@ def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, total)
 
 
-@contextlib.contextmanager
-def evaluation_mode(vae: VAE) -> Iterator[None]:
-    """``eval()``, beta = 1 and ``no_grad`` inside; the caller's mode and beta restored after.
-
-    No optimizer is involved anywhere, so no parameter can move (an optimizer ``step()`` under
-    ``no_grad`` would still apply Adam's momentum).
-    """
-    was_training, beta = vae.training, vae.beta
-    vae.eval()
-    vae.beta = 1.0  # the bound and the ELBO of the model itself, whatever the training weight
-    try:
-        with torch.no_grad(), pyro.validation_enabled(True):
-            yield
-    finally:
-        vae.beta = beta
-        vae.train(was_training)
-
-
 def _check_data(vae: VAE, x: torch.Tensor) -> None:
-    if x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError("no datapoints to evaluate")
-    if tuple(x.shape[1:]) != tuple(vae.event_shape):
-        raise ValueError(
-            f"datapoints shaped {tuple(x.shape[1:])}, but the model expects "
-            f"{tuple(vae.event_shape)}"
-        )
+    vae.check_shape(x, "evaluation")
 
 
 # ----------------------------------------------------------------------- log p(x)
@@ -368,8 +343,7 @@ class ImportanceResult:
     @property
     def se(self) -> float:
         """Standard error of :attr:`mean` over datapoints (``nan`` for one datapoint)."""
-        n = self.log_px.numel()
-        return (self.log_px.std() / math.sqrt(n)).item() if n > 1 else math.nan
+        return _se(self.log_px)
 
     @property
     def mc_se(self) -> torch.Tensor:

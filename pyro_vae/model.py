@@ -13,7 +13,7 @@ dimension.
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -123,6 +123,17 @@ class VAE(nn.Module):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
         return loc, scale
 
+    def check_shape(self, x: torch.Tensor, what: str = "input") -> None:
+        """Raise ``ValueError`` unless ``x`` is a non-empty batch of ``event_shape`` datapoints."""
+        if x.dim() < 1 or x.shape[0] == 0:
+            raise ValueError(f"the {what} data are empty")
+        shape = tuple(x.shape[1:])
+        if shape != tuple(self.event_shape):
+            raise ValueError(
+                f"the {what} data have datapoints shaped {shape}, but the model expects "
+                f"{tuple(self.event_shape)}"
+            )
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Likelihood mean at the guide's posterior mean: ``(batch, *event_shape)``."""
@@ -139,6 +150,24 @@ class VAE(nn.Module):
         trace = poutine.trace(self.model).get_trace(None, num_samples)
         params = trace.nodes["_RETURN"]["value"]
         return self.likelihood.mean(params), trace.nodes["x"]["value"]
+
+
+@contextlib.contextmanager
+def evaluation_mode(vae: VAE) -> Iterator[None]:
+    """``eval()``, beta = 1 and ``no_grad`` inside; the caller's mode and beta restored after.
+
+    No optimizer is involved anywhere, so no parameter can move (an optimizer ``step()`` under
+    ``no_grad`` would still apply Adam's momentum).
+    """
+    was_training, beta = vae.training, vae.beta
+    vae.eval()
+    vae.beta = 1.0  # the bound and the ELBO of the model itself, whatever the training weight
+    try:
+        with torch.no_grad(), pyro.validation_enabled(True):
+            yield
+    finally:
+        vae.beta = beta
+        vae.train(was_training)
 
 
 def build_vae(

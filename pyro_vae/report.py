@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 
 from pyro_vae import plots
-from pyro_vae.evaluate import evaluation_mode
+from pyro_vae.model import evaluation_mode
 from pyro_vae.model import VAE
 
 #: latent dimensions shown in traversals.png, and the values each one takes

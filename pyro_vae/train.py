@@ -38,7 +38,7 @@ from pyro_vae.checkpoint import CheckpointError, atomic_save, rng_state, safe_lo
 from pyro_vae.config import RunConfig, TrainConfig
 from pyro_vae.data import DataSplit, Preprocess, load_data
 from pyro_vae.estimators import check_beta, make_estimator
-from pyro_vae.model import VAE, build_vae
+from pyro_vae.model import VAE, build_vae, evaluation_mode
 from pyro_vae.rundir import RunDirectoryError
 
 CHECK_CHUNK = 8192  # datapoints per chunk when checking the support before training
@@ -114,8 +114,6 @@ def _validation_on(fn):
     return wrapper
 
 
-@_validation_on
-@torch.no_grad()
 def evaluate_elbo(
     vae: VAE, data: torch.Tensor, preprocess: Preprocess, batch_size: int = 1000
 ) -> float:
@@ -127,17 +125,11 @@ def evaluate_elbo(
     if len(data) == 0:
         return math.nan
     est = make_estimator("meanfield")
-    beta, vae.beta = vae.beta, 1.0
-    was_training = vae.training
-    vae.eval()
     total = torch.zeros((), device=data.device)
-    try:
+    with evaluation_mode(vae):  # eval(), beta = 1, no_grad, validation on; restored after
         for i in range(0, len(data), batch_size):
             x = preprocess(data[i : i + batch_size])  # (b, *event_shape)
             total += est.differentiable_loss(vae.model, vae.guide, x)
-    finally:
-        vae.beta = beta
-        vae.train(was_training)
     return -(total / len(data)).item()
 
 
@@ -146,14 +138,7 @@ def check_data(vae: VAE, data: torch.Tensor, preprocess: Preprocess, what: str) 
 
     Runs under a forked RNG so the check draws nothing from the training's random stream.
     """
-    if len(data) == 0:
-        raise ValueError(f"the {what} data are empty")
-    shape = tuple(data.shape[1:])
-    if shape != tuple(vae.event_shape):
-        raise ValueError(
-            f"the {what} data have datapoints shaped {shape}, but the model expects "
-            f"{tuple(vae.event_shape)}"
-        )
+    vae.check_shape(data, what)
     with torch.random.fork_rng(devices=[data.device] if data.is_cuda else []):
         for i in range(0, len(data), CHECK_CHUNK):
             vae.likelihood.check_support(preprocess(data[i : i + CHECK_CHUNK]))
@@ -250,13 +235,13 @@ def diagnose_non_finite(vae: VAE, x: torch.Tensor) -> tuple[str | None, str]:
         try:
             guide = poutine.trace(vae.guide).get_trace(x)
         except ValueError as e:
-            if "Expected parameter" not in str(e):
+            if not _invalid_distribution_argument(e):
                 raise
             return "KL", "the KL term: the encoder's q(z|x) parameters are non-finite"
         try:
             model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
         except ValueError as e:
-            if "Expected parameter" not in str(e):
+            if not _invalid_distribution_argument(e):
                 raise
             return "reconstruction", (
                 "the reconstruction term: the decoder's p(x|z) parameters are non-finite"
@@ -584,25 +569,28 @@ def _restore_mid_epoch(state: dict, n: int, steps_per_epoch: int, device) -> tup
     return perm.to(device), batch, state["epoch_loss"].to(device), state.get("epoch_seconds", 0.0)
 
 
+def _invalid_distribution_argument(error: ValueError) -> bool:
+    """Whether ``error`` is torch's validation error for a distribution parameter (e.g. NaN)."""
+    return "Expected parameter" in str(error)
+
+
 def _non_finite_parameter(error: ValueError, vae: VAE) -> bool:
     if not all(torch.isfinite(p).all() for p in vae.parameters()):
         return True
-    return "Expected parameter" in str(error)  # torch's message for an invalid distribution arg
+    return _invalid_distribution_argument(error)
 
 
-@torch.no_grad()
 def write_pictures(
     vae: VAE, data: torch.Tensor, preprocess: Preprocess, run_dir: Path, metrics: list[dict]
 ) -> None:
     """reconstructions.png, samples.png and curves.png; draws under a forked, seeded RNG."""
-    with torch.random.fork_rng(devices=[data.device] if data.is_cuda else []):
+    devices = [data.device] if data.is_cuda else []
+    with evaluation_mode(vae), torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
-        vae.eval()
         x = preprocess(data[:8])
         plots.save_reconstructions(x, vae.reconstruct(x), run_dir / "reconstructions.png")
         mean, _ = vae.sample(64)
         plots.save_grid(mean, run_dir / "samples.png")
-        vae.train()
     if metrics:
         plots.plot_curves(metrics, run_dir / "curves.png")
 
