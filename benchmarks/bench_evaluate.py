@@ -26,7 +26,6 @@ import math
 import platform
 import sys
 import time
-from pathlib import Path
 
 import pyro
 import torch
@@ -37,38 +36,7 @@ from pyro_vae.evaluate import importance_log_px
 from pyro_vae.model import build_vae
 from pyro_vae.train import fit, load_run, resolve_device
 
-MNIST_T10K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
-
-
-def _proc_status_mb(field: str) -> float | None:
-    """``VmHWM`` / ``VmRSS`` of this process in MB (Linux), else ``None``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    hwm = _proc_status_mb("VmHWM")
-    if hwm is not None:
-        return hwm
-    import resource
-
-    scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 1024  # bytes on macOS, kB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
+from memory import MNIST_T10K, peak_rss_mb, proc_status_mb, reset_peak_rss
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -107,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     vae.to(device)
     x = x.to(device)
 
-    rss_before = _proc_status_mb("VmRSS")
-    reset = _reset_peak_rss()
+    rss_before = proc_status_mb("VmRSS")
+    reset = reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -144,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         peak = torch.cuda.max_memory_allocated(device)
         out["cuda_peak_allocated_mb"] = round(peak / 2**20, 1)
         out["cuda_peak_above_baseline_mb"] = round((peak - base_cuda) / 2**20, 1)
-    peak_rss = _peak_rss_mb()
+    peak_rss = peak_rss_mb()
     out["peak_rss_mb"] = round(peak_rss, 1)
     out["rss_before_mb"] = None if rss_before is None else round(rss_before, 1)
     out["peak_rss_reset"] = reset  # False: the peak includes loading and training

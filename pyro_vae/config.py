@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyro_vae.capture import CAPTURE_MODES
 from pyro_vae.estimators import ESTIMATORS, check_beta
 from pyro_vae.likelihoods import LIKELIHOODS, SCALE_MODES
 from pyro_vae.networks import ACTIVATIONS, ARCHITECTURES
@@ -104,6 +105,9 @@ class TrainConfig:
     :param grad_clip: clip the global gradient norm to this value (``None``: no clipping).
     :param warmup_epochs: beta grows linearly from ~0 to ``beta`` over this many epochs.
     :param log_every: steps between reads of the loss from the device (progress bar, NaN check).
+    :param capture: how each step runs the estimator's loss: ``graph`` (recorded once per batch
+        shape and replayed; see :mod:`pyro_vae.capture`), ``compile`` (the recorded graph
+        through :func:`torch.compile`) or ``off`` (the Pyro program every step).
     """
 
     estimator: str = "meanfield"
@@ -121,6 +125,7 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 50
     quiet: bool = False
+    capture: str = "graph"
 
     def __post_init__(self):
         ESTIMATORS.get(self.estimator)
@@ -136,6 +141,7 @@ class TrainConfig:
         _at_least("warmup-epochs", self.warmup_epochs, 0)
         _choice("device", self.device, DEVICES)
         _at_least("log-every", self.log_every, 1)
+        _choice("capture", self.capture, CAPTURE_MODES)
         check_beta(self.estimator, self.beta, warmup=self.warmup_epochs > 0)
 
 

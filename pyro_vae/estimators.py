@@ -365,6 +365,8 @@ class EstimatorSpec:
     description: str
     #: whether a KL weight beta != 1 is meaningful for this estimator
     supports_beta: bool = True
+    #: ``True``, or why its loss cannot be recorded as a graph (see :mod:`pyro_vae.capture`)
+    capturable: bool | str = True
 
 
 ESTIMATORS: Registry[EstimatorSpec] = Registry("estimator")
@@ -427,6 +429,8 @@ _register(
         ),
         "IWAE bound with doubly reparameterized (DReG) encoder gradients",
         supports_beta=False,
+        capturable="DReG reweights the encoder's gradient with autograd hooks, which a "
+        "recorded graph does not keep",
     )
 )
 

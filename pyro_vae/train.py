@@ -1,9 +1,15 @@
 """The training loop: the only one in pyro-vae.
 
 One torch optimizer over every parameter of the :class:`~pyro_vae.model.VAE`, the loss from a
-Pyro estimator's ``differentiable_loss``, data held on the training device and indexed by a
-random permutation there (no per-item DataLoader), binarization and dequantization per batch on
-the device, and the loss read back only every ``log_every`` steps.
+Pyro estimator's ``differentiable_loss`` (recorded once per batch shape and replayed, see
+:mod:`pyro_vae.capture`), data held on the training device and indexed by a random
+permutation there (no per-item DataLoader), binarization and dequantization per batch on the
+device, and the loss read back only every ``log_every`` steps: no host sync per step.
+
+Validation: every datapoint is checked against the likelihood's support before the first step;
+Pyro's validation runs on the first batch of each shape (when the loss is recorded), and on
+every step where the program runs uncaptured; the loss and gradients are checked for
+finiteness on the device every step.
 
 Faults stop training without losing work: a non-finite loss is caught on the device and named
 (step and ELBO term); Ctrl-C (SIGINT) writes a checkpoint between two steps, from which
@@ -37,7 +43,8 @@ from pyro_vae import plots, rundir
 from pyro_vae.checkpoint import CheckpointError, atomic_save, rng_state, safe_load, set_rng_state
 from pyro_vae.config import RunConfig, TrainConfig
 from pyro_vae.data import DataSplit, Preprocess, load_data
-from pyro_vae.estimators import check_beta, make_estimator
+from pyro_vae.capture import CapturedLoss
+from pyro_vae.estimators import ESTIMATORS, check_beta, make_estimator
 from pyro_vae.model import VAE, build_vae, evaluation_mode
 from pyro_vae.rundir import RunDirectoryError
 
@@ -149,36 +156,74 @@ def _make_optimizer(vae: VAE, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
-class _NonFiniteGuard:
-    """Watches the loss for NaN/inf on the device, with no host sync per step.
+class TrainStep:
+    """One optimization step of :func:`fit`, with no host sync.
 
-    Each step records, on the device, the first step whose loss is not finite and a copy of
-    that step's batch (a ``torch.where`` into a preallocated buffer). From that step on, the
-    fused Adam update is skipped on the device through the optimizer's ``found_inf`` (the
-    mechanism :class:`torch.amp.GradScaler` uses), so a bad step changes no parameter. When the
-    flag is read (every ``log_every`` steps, before any checkpoint, or at once when Pyro's
-    validation rejects a NaN distribution parameter), the model still holds the parameters of
-    the last good step, and :func:`diagnose_non_finite` traces the kept batch with them to name
-    the term that failed.
+    The estimator's loss per datapoint (recorded once per batch shape and replayed, see
+    :class:`~pyro_vae.capture.CapturedLoss`), backward, a finiteness check of every gradient
+    (their sum; the total norm when clipping with ``grad_clip``), the non-finite guard, and one
+    fused Adam update that the guard can skip on the device. ``benchmarks/bench_train.py``
+    times exactly this object.
+
+    :ivar optimizer: the one torch optimizer over ``vae.parameters()``.
+    :ivar guard: the :class:`_NonFiniteGuard`; call ``guard.check`` to read it.
+    :ivar loss: the :class:`~pyro_vae.capture.CapturedLoss`; ``loss.mode`` says how it runs.
     """
 
-    def __init__(self, device: torch.device, batch_size: int):
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.batch_size = batch_size
-        self.batch: torch.Tensor | None = None  # (batch_size, *event_shape), on first use
-        self.batch_len = torch.zeros((), dtype=torch.long, device=device)
+    def __init__(self, vae: VAE, cfg: TrainConfig, device: torch.device):
+        self.vae = vae
+        self.grad_clip = cfg.grad_clip
+        self.estimator = make_estimator(cfg.estimator, cfg.particles, alpha=cfg.alpha)
+        spec = ESTIMATORS.get(cfg.estimator)
+        self.loss = CapturedLoss(vae, self.estimator, cfg.capture, capturable=spec.capturable)
+        self.optimizer = _make_optimizer(vae, cfg)
+        self.guard = _NonFiniteGuard(device)
 
-    def observe(
-        self, loss: torch.Tensor, grad_norm: torch.Tensor, x: torch.Tensor, step: int
-    ) -> torch.Tensor:
-        """Record step ``step`` (1-based); return ``found_inf`` for the optimizer."""
-        if self.batch is None:
-            self.batch = x.new_zeros((self.batch_size, *x.shape[1:]))
-        newly = (self.first_bad < 0) & ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
-        self.first_bad = torch.where(newly, step, self.first_bad)
-        b = x.shape[0]
-        self.batch[:b] = torch.where(newly, x, self.batch[:b])
-        self.batch_len = torch.where(newly, b, self.batch_len)
+    def __call__(self, x: torch.Tensor, step: int, capture: bool = True) -> torch.Tensor:
+        """Train on the batch ``x`` as step ``step`` (1-based); return the loss (detached).
+
+        :param capture: ``False`` runs the Pyro program itself (e.g. while beta changes every
+            step during warm-up, where a recorded graph would be used once).
+        """
+        loss = (self.loss(x) if capture else self.loss.eager(x)) / x.shape[0]
+        detached = loss.detach()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in self.vae.parameters() if p.grad is not None]
+        if self.grad_clip is not None:
+            grad_check = torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.grad_clip)
+        else:  # finite iff every gradient is (barring overflow); half the cost of a norm
+            grad_check = torch.stack([g.sum() for g in grads]).sum()
+        # stays on the device: a finite loss with a non-finite gradient is a bad step too (it
+        # would poison every parameter); from the first bad step on, updates are skipped
+        self.optimizer.found_inf = self.guard.observe(detached, grad_check, step)
+        self.optimizer.step()
+        return detached
+
+
+class _NonFiniteGuard:
+    """Watches the loss and the gradient for NaN/inf on the device, with no host sync per step.
+
+    Each step records, on the device, the first step whose loss or gradient is not finite (a
+    few scalar operations). From that step on, the fused Adam update is skipped on the device
+    through the optimizer's ``found_inf`` (the mechanism :class:`torch.amp.GradScaler` uses),
+    so a bad step changes no parameter. When the flag is read (every ``log_every`` steps,
+    before any checkpoint, or at once when Pyro's validation rejects a NaN distribution
+    parameter), the model still holds the parameters of the last good step, and
+    :func:`diagnose_non_finite` traces that step's batch (rebuilt from the epoch's
+    permutation by ``batch_of``) with them to name the term that failed.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def observe(self, loss: torch.Tensor, grad_check: torch.Tensor, step: int) -> torch.Tensor:
+        """Record step ``step`` (1-based); return ``found_inf`` for the optimizer.
+
+        :param grad_check: a scalar that is finite iff every gradient is (a sum or a norm).
+        """
+        bad = ~torch.isfinite(loss + grad_check)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
         return (self.first_bad >= 0).to(torch.float32)
 
     def check(
@@ -186,22 +231,21 @@ class _NonFiniteGuard:
         vae: VAE,
         steps_per_epoch: int,
         kept: str,
+        batch_of,
         cause: Exception | None = None,
         step: int | None = None,
-        x: torch.Tensor | None = None,
     ) -> None:
         """Raise :class:`NonFiniteLossError` if a bad step was seen (one host sync).
 
-        ``cause``: Pyro's validation error at step ``step`` on batch ``x``, which counts as bad.
+        :param batch_of: ``step -> batch`` of that (1-based) step of the current epoch.
+        :param cause: Pyro's validation error at step ``step``, which counts as bad.
         """
         bad = int(self.first_bad)
         if bad < 0 and cause is None:
             return
         if bad < 0:
-            bad, batch = step, x
-        else:
-            batch = self.batch[: int(self.batch_len)]
-        term, detail = diagnose_non_finite(vae, batch)
+            bad = step
+        term, detail = diagnose_non_finite(vae, batch_of(bad))
         epoch = (bad - 1) // steps_per_epoch + 1
         raise NonFiniteLossError(
             f"the training loss or its gradient became non-finite at step {bad} (epoch {epoch}): "
@@ -361,8 +405,8 @@ def fit(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = cfg.warmup_epochs * steps_per_epoch
-    estimator = make_estimator(cfg.estimator, cfg.particles, alpha=cfg.alpha)
-    optimizer = _make_optimizer(vae, cfg)
+    train_step = TrainStep(vae, cfg, device)
+    optimizer = train_step.optimizer
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
         if cfg.lr_schedule == "cosine"
@@ -446,7 +490,7 @@ def fit(
         return f"{run_dir / 'checkpoint.pt'} from step {saved_step} is kept"
 
     stop = _StopRequest()
-    guard = _NonFiniteGuard(device, cfg.batch_size)
+    guard = train_step.guard
     vae.train()
     with stop, warnings.catch_warnings():
         # the guard reports a NaN loss with its step and term; Pyro's warning would repeat it
@@ -474,10 +518,15 @@ def fit(
                 dynamic_ncols=True,
             )
             window_loss, window_n = torch.zeros((), device=device), 0
+
+            def batch_of(bad_step: int, perm=perm, epoch=epoch) -> torch.Tensor:
+                j = bad_step - 1 - epoch * steps_per_epoch  # its batch in this epoch
+                return preprocess(train[perm[j * cfg.batch_size : (j + 1) * cfg.batch_size]])
+
             for i in range(first, steps_per_epoch):
                 if stop.requested:
                     bar.close()
-                    guard.check(vae, steps_per_epoch, kept_text())
+                    guard.check(vae, steps_per_epoch, kept_text(), batch_of)
                     if run_dir is not None:
                         save(run_dir / "checkpoint.pt", i, perm, epoch_loss,
                              time.perf_counter() - start)
@@ -488,28 +537,18 @@ def fit(
                     cfg.beta * min(1.0, (step + 1) / warmup_steps) if warmup_steps else cfg.beta
                 )
                 try:
-                    loss = estimator.differentiable_loss(vae.model, vae.guide, x) / x.shape[0]
+                    # a recorded graph per batch shape once beta is constant (after warm-up)
+                    detached = train_step(x, step + 1, capture=step >= warmup_steps)
                 except ValueError as e:
-                    # with validation on, a NaN distribution parameter fails Pyro's argument
-                    # check before any loss exists
+                    # Pyro's validation (at a capture, or every step of an uncaptured program)
+                    # rejects a NaN distribution parameter before any loss exists
                     if not _non_finite_parameter(e, vae):
                         raise
                     bar.close()
-                    guard.check(vae, steps_per_epoch, kept_text(), cause=e, step=step + 1, x=x)
-                    raise
-                detached = loss.detach()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
-                else:
-                    grad_norm = torch.nn.utils.get_total_norm(
-                        [p.grad for p in vae.parameters() if p.grad is not None]
+                    guard.check(
+                        vae, steps_per_epoch, kept_text(), batch_of, cause=e, step=step + 1
                     )
-                # stays on the device: no host sync per step; a finite loss with a non-finite
-                # gradient is a bad step too (it would poison every parameter)
-                optimizer.found_inf = guard.observe(detached, grad_norm, x, step + 1)
-                optimizer.step()
+                    raise
                 if scheduler is not None:
                     scheduler.step()
                 step += 1
@@ -518,7 +557,7 @@ def fit(
                 window_n += 1
                 bar.update()
                 if step % cfg.log_every == 0 or i == steps_per_epoch - 1:
-                    guard.check(vae, steps_per_epoch, kept_text())
+                    guard.check(vae, steps_per_epoch, kept_text(), batch_of)
                     if not cfg.quiet:
                         bar.set_postfix(elbo=f"{-(window_loss / window_n).item():.2f}")
                     window_loss.zero_()
@@ -631,7 +670,9 @@ def load_checkpoint(
 
 
 #: settings that may differ on resume (the rest must match the checkpoint)
-RESUMABLE = frozenset({"epochs", "quiet", "log_every", "device", "data_dir", "download"})
+RESUMABLE = frozenset(
+    {"epochs", "quiet", "log_every", "device", "data_dir", "download", "capture"}
+)
 
 #: facts about the data recorded beside the settings; a resumed run must see the same
 _DATA_FACTS = ("event_shape", "num_train", "num_test")

@@ -1,0 +1,198 @@
+"""The recorded loss graph (pyro_vae.capture) is the Pyro program's loss: values, gradients,
+random draws, training trajectories; and it steps aside where a graph cannot represent it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae.capture import CapturedLoss
+from pyro_vae.config import TrainConfig
+from pyro_vae.data import Preprocess, load_data
+from pyro_vae.estimators import DReGELBO, make_estimator
+from pyro_vae.model import build_vae
+from pyro_vae.train import TrainStep, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CASES = [  # estimator, particles, likelihood, options, arch, event shape
+    ("meanfield", 1, "bernoulli", {}, "mlp", (12,)),
+    ("elbo", 1, "bernoulli", {}, "mlp", (12,)),
+    ("elbo", 3, "normal", {"scale": "per-pixel"}, "mlp", (12,)),
+    ("iwae", 4, "continuous-bernoulli", {}, "mlp", (12,)),
+    ("renyi", 3, "normal", {"scale": "decoder"}, "mlp", (12,)),
+    ("stl", 1, "normal", {"scale": "shared"}, "mlp", (12,)),
+    ("meanfield", 1, "normal", {"scale": "shared"}, "conv", (1, 8, 8)),
+]
+
+
+def _data(likelihood, shape, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, *shape, generator=g)
+    return x.round() if likelihood == "bernoulli" else x
+
+
+def _loss_and_grads(fn, vae, x, seed):
+    torch.manual_seed(seed)
+    loss = fn(x)
+    grads = torch.autograd.grad(loss, list(vae.parameters()))
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("estimator,k,likelihood,options,arch,shape", CASES)
+def test_graph_equals_the_pyro_program_on_new_batches_after_updates(
+    estimator, k, likelihood, options, arch, shape
+):
+    vae = build_vae(shape, likelihood, latent_dim=3, hidden=(16,), arch=arch, **options)
+    est = make_estimator(estimator, k, alpha=0.5 if estimator == "renyi" else None)
+    captured = CapturedLoss(vae, est)
+    opt = torch.optim.Adam(vae.parameters(), lr=0.01)
+    for step in range(3):  # different data each time, and parameters that moved
+        x = _data(likelihood, shape, 10, seed=step)
+        graph_loss, graph_grads = _loss_and_grads(captured, vae, x, seed=100 + step)
+        assert captured.mode == "graph" and torch.isfinite(graph_loss)
+        eager_loss, eager_grads = _loss_and_grads(captured.eager, vae, x, seed=100 + step)
+        # the same operations on the same draws (Pyro's eager value sums Python floats of
+        # the terms, the graph float32 tensors: the last bits may differ)
+        torch.testing.assert_close(graph_loss, eager_loss, rtol=1e-6, atol=0)
+        for g, e in zip(graph_grads, eager_grads):
+            torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7)
+        assert max(g.abs().max() for g in graph_grads) > 1e-3  # gradients are not trivially 0
+        for p, g in zip(vae.parameters(), graph_grads):
+            p.grad = g
+        opt.step()
+    assert len(captured._graphs) == 1  # one shape, one graph
+
+
+def test_each_batch_shape_and_kl_weight_gets_its_own_graph():
+    vae = build_vae((6,), "bernoulli", latent_dim=2, hidden=(8,))
+    captured = CapturedLoss(vae, make_estimator("meanfield"))
+    x = _data("bernoulli", (6,), 7, 0)
+    for batch, beta in [(7, 1.0), (3, 1.0), (7, 0.5), (7, 0.0)]:
+        vae.beta = beta
+        torch.manual_seed(0)
+        a = captured(x[:batch])
+        torch.manual_seed(0)
+        b = captured.eager(x[:batch])
+        assert torch.equal(a, b)
+    assert len(captured._graphs) == 4
+    vae.beta = 1.0
+    with torch.no_grad():  # evaluation gets a graph without autograd
+        torch.manual_seed(1)
+        a = captured(x)
+        torch.manual_seed(1)
+        assert torch.equal(a, captured.eager(x))
+    assert len(captured._graphs) == 5
+
+
+def test_dreg_and_python_hooks_run_the_program_eagerly():
+    vae = build_vae((6,), "bernoulli", latent_dim=2, hidden=(8,))
+    x = _data("bernoulli", (6,), 5, 0)
+    step = TrainStep(vae, TrainConfig(estimator="dreg", particles=3, device="cpu"),
+                     torch.device("cpu"))
+    step(x, 1)
+    assert step.loss.mode.startswith("eager: DReG reweights")
+
+    captured = CapturedLoss(vae, make_estimator("meanfield"))
+    handle = vae.decoder.register_forward_hook(lambda m, i, o: o * 2)
+    torch.manual_seed(0)
+    a = captured(x)
+    assert captured.mode == "graph" and not captured._graphs  # the hooked call ran eagerly
+    handle.remove()
+    torch.manual_seed(0)
+    b = captured(x)
+    assert a.item() != pytest.approx(b.item())  # the hook doubled the logits in the first
+    assert len(captured._graphs) == 1
+
+
+def test_a_graph_that_disagrees_with_the_program_is_refused():
+    # DReG reweights gradients with autograd hooks: claimed capturable, the verification
+    # catches that the recorded graph's gradient differs, and the program runs eagerly
+    vae = build_vae((6,), "bernoulli", latent_dim=2, hidden=(8,))
+    captured = CapturedLoss(vae, DReGELBO(num_particles=4), capturable=True)
+    x = _data("bernoulli", (6,), 5, 0)
+    torch.manual_seed(0)
+    loss = captured(x)
+    assert captured.mode.startswith("eager: the recorded graph disagrees with the Pyro program")
+    assert "gradient of encoder" in captured.mode
+    torch.manual_seed(0)
+    assert torch.equal(loss, captured.eager(x))
+
+
+def test_unknown_capture_mode_lists_the_choices():
+    vae = build_vae((6,), "bernoulli", latent_dim=2, hidden=(8,))
+    with pytest.raises(ValueError, match=r"'graph', 'compile', 'off'"):
+        CapturedLoss(vae, make_estimator("elbo"), mode="jit")
+    with pytest.raises(ValueError, match="capture"):
+        TrainConfig(capture="jit")
+
+
+def _trained(capture, **train):
+    split = Preprocess("dynamic").prepare(load_data("shapes", num_shapes=150, test_size=30))
+    pyro.set_rng_seed(3)
+    vae = build_vae(split.event_shape, latent_dim=3, hidden=(16,))
+    cfg = TrainConfig(epochs=2, batch_size=32, quiet=True, capture=capture, **train)
+    result = fit(vae, split.train, split.test, cfg, preprocess=Preprocess("dynamic"))
+    return result
+
+
+@pytest.mark.parametrize("train", [{}, {"warmup_epochs": 1, "beta": 0.5}, {"grad_clip": 1.0}])
+def test_training_with_the_graph_is_bit_identical_to_the_pyro_program(train):
+    # 120 datapoints in batches of 32: a partial last batch (its own graph) every epoch
+    a, b = _trained("graph", **train), _trained("off", **train)
+    for (name, p), q in zip(a.vae.named_parameters(), b.vae.parameters()):
+        assert torch.equal(p, q), name
+    assert [r["train_elbo"] for r in a.metrics] == [r["train_elbo"] for r in b.metrics]
+    assert [r["test_elbo"] for r in a.metrics] == [r["test_elbo"] for r in b.metrics]
+
+
+def test_a_non_finite_step_through_the_graph_is_caught_and_skipped():
+    vae = build_vae((6,), "bernoulli", latent_dim=2, hidden=(8,))
+    step = TrainStep(vae, TrainConfig(device="cpu"), torch.device("cpu"))
+    x = _data("bernoulli", (6,), 5, 0)
+    with pyro.validation_enabled(True):
+        step(x, 1)
+        assert step.loss.mode == "graph" and int(step.guard.first_bad) == -1
+        with torch.no_grad():
+            vae.decoder.net[0].weight[0, 0] = float("nan")
+        before = {k: v.clone() for k, v in vae.state_dict().items()}
+        loss = step(x, 2)  # the graph runs: no validation error, a NaN loss
+        step(x, 3)
+    assert torch.isnan(loss) and int(step.guard.first_bad) == 2
+    for k, v in vae.state_dict().items():  # both updates were skipped on the device
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, equal_nan=True)
+
+
+def test_compiled_graph_matches_the_program():
+    vae = build_vae((6,), "bernoulli", latent_dim=2, hidden=(8,))
+    captured = CapturedLoss(vae, make_estimator("meanfield"), mode="compile")
+    x = _data("bernoulli", (6,), 5, 0)
+    graph_loss, graph_grads = _loss_and_grads(captured, vae, x, seed=7)
+    eager_loss, eager_grads = _loss_and_grads(captured.eager, vae, x, seed=7)
+    assert captured.mode == "compile"
+    # the same random draws (aten's generator); fused kernels may round differently
+    torch.testing.assert_close(graph_loss, eager_loss, rtol=1e-5, atol=1e-5)
+    for g, e in zip(graph_grads, eager_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_train_prints_a_ratio_line_per_case(tmp_path):
+    out = tmp_path / "bench.json"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--rounds", "2",
+         "--steps", "2", "--warmup", "1", "--batch-sizes", "16", "32", "--hidden", "16",
+         "--latent-dim", "2", "--epoch-epochs", "2", "--epoch-images", "256",
+         "--data", str(tmp_path / "absent"), "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = [ln.split() for ln in res.stdout.splitlines() if ln.startswith("ratio ")]
+    assert [(ln[1], ln[2], ln[3]) for ln in lines] == [
+        ("cpu", f"batch={b}", e) for b in (16, 32) for e in ("meanfield", "elbo", "iwae", "dreg")
+    ]
+    assert all(0 < float(ln[4]) < 100 for ln in lines)
+    assert "epoch cpu 256x784 batch=128 meanfield: seconds" in res.stdout
+    assert "peak RSS MB per epoch" in res.stdout
