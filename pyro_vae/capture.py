@@ -48,23 +48,21 @@ def _make_fx_supported() -> bool:
     return set(_MAKE_FX_OPTIONS) <= set(inspect.signature(make_fx).parameters)
 
 
-def _python_hooks(module: nn.Module) -> str | None:
-    """Name a hook on a module (which a recorded graph would drop) or on a parameter (which the
-    capture's verification would call), or ``None``."""
+_MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hooked(modules: list[nn.Module], params: list[torch.Tensor]) -> bool:
+    """Whether a module hook (which a recorded graph would drop) or a parameter's gradient hook
+    (which the capture's verification would call) is registered; cheap, checked every call."""
     from torch.nn.modules import module as module_globals
 
-    for attr in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"):
-        if getattr(module_globals, attr, None):
-            return "a global module hook is registered"
-    for name, m in module.named_modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                     "_backward_pre_hooks"):
-            if getattr(m, attr, None):
-                return f"module {name or type(m).__name__!r} has a {attr.strip('_')[:-1]}"
-    for name, p in module.named_parameters():
-        if p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None):
-            return f"parameter {name!r} has a gradient hook"
-    return None
+    return (
+        any(getattr(module_globals, name, None) for name in
+            ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"))
+        or any(getattr(m, name) for m in modules for name in _MODULE_HOOKS)
+        or any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None)
+               for p in params)
+    )
 
 
 @contextlib.contextmanager
@@ -171,7 +169,11 @@ class CapturedLoss:
 
     Graphs are kept per batch shape, dtype, device, KL weight and train/eval mode; the
     parameters are inputs of the graph, so optimizer updates, ``load_state_dict`` and
-    ``.to(device)`` are seen.
+    ``.to(device)`` are seen. A module hook (on any submodule) or a gradient hook on a
+    parameter makes that call run the program eagerly, hooks included.
+
+    .. warning:: It belongs to the VAE's structure when built: after replacing a submodule or
+        a parameter object, make a new one (as :func:`~pyro_vae.train.fit` does per run).
 
     .. warning:: Call it inside :func:`pyro.validation_enabled` as the training loop does: the
         capture validates the first batch of each shape, later batches are not re-validated by
@@ -186,6 +188,11 @@ class CapturedLoss:
         self.requested = mode
         self._program = _Program(vae, estimator)
         self._graphs: dict[tuple, Callable | None] = {}
+        named = [*vae.named_parameters(), *vae.named_buffers()]
+        self._names = [f"vae.{n}" for n, _ in named]
+        self._tensors = [t for _, t in named]  # graph inputs, in this order
+        self._modules = list(vae.modules())
+        self._params = [t for t in self._tensors if isinstance(t, nn.Parameter)]
         self._why_eager: str | None = None
         if mode == "off":
             self._why_eager = "capture is off"
@@ -200,25 +207,16 @@ class CapturedLoss:
         return self.requested if self._why_eager is None else f"eager: {self._why_eager}"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._why_eager is None:
-            hooks = _python_hooks(self.vae)
-            if hooks is None:
-                graph = self._graph_for(x)
-                if graph is not None:
-                    return graph(self._tensors(), x)
-            else:
-                return self.eager(x)  # hooks may come and go: not a permanent decision
+        # hooks may come and go: a hooked call runs eagerly, the next may not
+        if self._why_eager is None and not _hooked(self._modules, self._params):
+            graph = self._graph_for(x)
+            if graph is not None:
+                return graph(self._tensors, x)
         return self.eager(x)
 
     def eager(self, x: torch.Tensor) -> torch.Tensor:
         """The Pyro program itself, run now (no graph)."""
         return self._program(x)
-
-    def _tensors(self) -> list[torch.Tensor]:
-        return [*self.vae.parameters(), *self.vae.buffers()]
-
-    def _names(self) -> list[str]:
-        return [f"vae.{n}" for n, _ in (*self.vae.named_parameters(), *self.vae.named_buffers())]
 
     def _key(self, x: torch.Tensor) -> tuple:
         return (tuple(x.shape), x.dtype, x.device, getattr(self.vae, "beta", None),
@@ -233,7 +231,7 @@ class CapturedLoss:
     def _record(self, x: torch.Tensor) -> Callable | None:
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        names = self._names()
+        names = self._names
         program = self._program
 
         def loss_of(tensors, x):
@@ -243,7 +241,7 @@ class CapturedLoss:
         try:
             with torch.random.fork_rng(devices=devices), _items_as_tensors():
                 graph = make_fx(loss_of, **_MAKE_FX_OPTIONS)(
-                    [t.detach() for t in self._tensors()], x
+                    [t.detach() for t in self._tensors], x
                 )
         except (RuntimeError, TypeError, NotImplementedError, AssertionError) as e:
             # the recorder cannot follow this program; Pyro's own errors (ValueError, e.g. a
@@ -264,7 +262,7 @@ class CapturedLoss:
 
     def _disagreement(self, graph: Callable, x: torch.Tensor) -> str | None:
         """Compare loss and gradients of the graph and the program on the same draws."""
-        tensors = self._tensors()
+        tensors = self._tensors
         params = [t for t in tensors if t.requires_grad]
         devices = [x.device] if x.is_cuda else []
         results = []

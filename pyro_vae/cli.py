@@ -1,4 +1,5 @@
-"""Command line: ``pyro-vae train | evaluate | sample`` (also ``python -m pyro_vae``).
+"""Command line: ``pyro-vae train | evaluate | sample | compare | diagnose`` (also
+``python -m pyro_vae``).
 
 Settings come from the dataclass defaults, then ``--config FILE.toml``, then the flags given;
 a later source wins. ``--resume RUN_DIR`` starts from the run's saved configuration instead.
@@ -10,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pyro_vae.capture import CAPTURE_MODES
 from pyro_vae.config import (
     BINARIZE_MODES,
     DEVICES,
@@ -27,7 +29,8 @@ from pyro_vae.networks import ARCHITECTURES
 _M, _D, _T = ModelConfig(), DataConfig(), TrainConfig()
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
+def _add_data_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The data flags, shared by ``train`` and ``diagnose`` (the same loader, the same data)."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=_D.dataset,
                    help="shapes (embedded, offline), mnist, fashion-mnist, kmnist, cifar10, or a "
@@ -42,6 +45,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="held-out datapoints when the source has no test split")
     g.add_argument("--num-shapes", type=int, default=_D.num_shapes,
                    help="size of the embedded shapes dataset")
+    return g
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    _add_data_flags(p)
     g = p.add_argument_group("model")
     g.add_argument("--likelihood", choices=LIKELIHOODS.names(), default=_M.likelihood)
     g.add_argument("--scale", choices=SCALE_MODES, default=None,
@@ -71,6 +79,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-every", type=int, default=_T.log_every,
                    help="steps between reads of the loss")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--capture", choices=CAPTURE_MODES, default=_T.capture,
+                   help="graph: record the Pyro loss once per batch shape and replay it; "
+                        "compile: also torch.compile it (slow first step, faster after); "
+                        "off: run the Pyro program every step")
     g = p.add_argument_group("run")
     g.add_argument("--out", default=None,
                    help="run directory (default: runs/<time>-<dataset>-<likelihood>-<estimator>)")
@@ -129,6 +141,24 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                     "learning_curves.png and snr.png into --out.",
     )
     add_compare_flags(co)
+    dg = sub.add_parser(
+        "diagnose", formatter_class=fmt,
+        help="inspect data: which likelihoods fit them, the units, and the loss mistakes they "
+             "invite",
+        description="Loads --dataset as `pyro-vae train` would and reports its kind (binary, "
+                    "8-bit, integer levels not spanning 0..255, real), range, distinct values "
+                    "and constant dimensions; for every likelihood whether the data, prepared "
+                    "as the trainer would, lie in its support and why; the units (nats per "
+                    "datapoint, bits/dim, when a negative loss is fine); and the classic loss "
+                    "mistakes that fit these data. Exit status 1 when --likelihood does not "
+                    "fit the data.",
+    )
+    _add_data_flags(dg)
+    dg.add_argument("--likelihood", choices=LIKELIHOODS.names(), default=None,
+                    help="also say whether this likelihood fits and how the trainer would "
+                         "prepare the data for it")
+    dg.add_argument("--seed", type=int, default=_T.seed,
+                    help="held-out permutation, and the draws of the support check")
     return parser
 
 
@@ -238,13 +268,37 @@ def _compare(args) -> int:
         return 1
 
 
+def _diagnose(args) -> int:
+    """``pyro-vae diagnose``: 0 done, 1 the data cannot be read or --likelihood does not fit."""
+    from pyro_vae.data import load_data
+    from pyro_vae.diagnose import diagnose_split, format_diagnosis
+
+    try:
+        split = load_data(
+            args.dataset, data_dir=args.data_dir, test_size=args.test_size, seed=args.seed,
+            num_shapes=args.num_shapes, download=args.download,
+        )
+        diagnosis = diagnose_split(
+            split, binarize=args.binarize, dequantize=args.dequantize, seed=args.seed
+        )
+    except (OSError, ValueError) as e:
+        print(f"pyro-vae diagnose: error: {e}", file=sys.stderr)
+        return 1
+    print(format_diagnosis(diagnosis, args.likelihood), end="")
+    if args.likelihood is not None and not diagnosis.verdict(args.likelihood).valid:
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train":
         return _train(argv, parser)
-    return {"evaluate": _evaluate, "sample": _sample, "compare": _compare}[args.command](args)
+    commands = {"evaluate": _evaluate, "sample": _sample, "compare": _compare,
+                "diagnose": _diagnose}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

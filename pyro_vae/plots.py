@@ -54,3 +54,34 @@ def plot_curves(rows: Sequence[dict], path: str | Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
+
+
+def save_panels(
+    panels: Sequence[tuple[str, torch.Tensor]], path: str | Path, nrow: int = 8
+) -> bool:
+    """Labelled picture grids stacked top to bottom: ``(title, x)`` with values in [0, 1].
+
+    :returns: False (and writes nothing) if some ``x`` are not images.
+    """
+    from matplotlib.figure import Figure
+    from torchvision.utils import make_grid
+
+    grids = []
+    for title, x in panels:
+        images = as_images(x.detach().float().cpu())
+        if images is None:
+            return False
+        grid = make_grid(images.clamp(0, 1), nrow=nrow, padding=2, pad_value=0.5)  # (3, h, w)
+        grids.append((title, grid.permute(1, 2, 0).numpy()))
+    width = max(g.shape[1] for _, g in grids)
+    heights = [g.shape[0] for _, g in grids]
+    inches = 6.0 / width  # a grid of 8 MNIST images is 6 inches wide
+    fig = Figure(figsize=(6.0, inches * sum(heights) + 0.3 * len(grids)), dpi=110)
+    axes = fig.subplots(len(grids), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
+    for ax, (title, grid) in zip(axes[:, 0], grids):
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_title(title, fontsize=8, loc="left")
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+    return True

@@ -177,6 +177,7 @@ class TrainStep:
         spec = ESTIMATORS.get(cfg.estimator)
         self.loss = CapturedLoss(vae, self.estimator, cfg.capture, capturable=spec.capturable)
         self.optimizer = _make_optimizer(vae, cfg)
+        self._params = list(vae.parameters())  # the optimizer's, in its order
         self.guard = _NonFiniteGuard(device)
 
     def __call__(self, x: torch.Tensor, step: int, capture: bool = True) -> torch.Tensor:
@@ -189,11 +190,11 @@ class TrainStep:
         detached = loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grads = [p.grad for p in self.vae.parameters() if p.grad is not None]
         if self.grad_clip is not None:
-            grad_check = torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.grad_clip)
+            grad_check = torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip)
         else:  # finite iff every gradient is (barring overflow); half the cost of a norm
-            grad_check = torch.stack([g.sum() for g in grads]).sum()
+            sums = [p.grad.sum() for p in self._params if p.grad is not None]
+            grad_check = torch.stack(sums).sum() if sums else detached.new_zeros(())
         # stays on the device: a finite loss with a non-finite gradient is a bad step too (it
         # would poison every parameter); from the first bad step on, updates are skipped
         self.optimizer.found_inf = self.guard.observe(detached, grad_check, step)
@@ -243,14 +244,16 @@ class _NonFiniteGuard:
         bad = int(self.first_bad)
         if bad < 0 and cause is None:
             return
+        what = "the training loss or its gradient became non-finite"
         if bad < 0:
             bad = step
+            what = "Pyro's validation refused a distribution parameter"
         term, detail = diagnose_non_finite(vae, batch_of(bad))
         epoch = (bad - 1) // steps_per_epoch + 1
         raise NonFiniteLossError(
-            f"the training loss or its gradient became non-finite at step {bad} (epoch {epoch}): "
-            f"{detail}. "
-            f"Training stopped; {kept}. Lower --lr, add --grad-clip, or check the data.",
+            f"{what} at step {bad} (epoch {epoch}): {detail}. Training stopped; {kept}. "
+            f"Lower --lr, add --grad-clip, check the data, or check that the model's "
+            f"parameterization keeps every parameter in its constraint (a scale > 0).",
             step=bad,
             term=term,
         ) from cause
@@ -281,14 +284,14 @@ def diagnose_non_finite(vae: VAE, x: torch.Tensor) -> tuple[str | None, str]:
         except ValueError as e:
             if not _invalid_distribution_argument(e):
                 raise
-            return "KL", "the KL term: the encoder's q(z|x) parameters are non-finite"
+            return "KL", f"the KL term: the guide's q(z|x) is invalid ({_constraint(e)})"
         try:
             model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
         except ValueError as e:
             if not _invalid_distribution_argument(e):
                 raise
             return "reconstruction", (
-                "the reconstruction term: the decoder's p(x|z) parameters are non-finite"
+                f"the reconstruction term: the model's p(x|z) is invalid ({_constraint(e)})"
             )
         guide.compute_log_prob()
         model.compute_log_prob()
@@ -611,6 +614,11 @@ def _restore_mid_epoch(state: dict, n: int, steps_per_epoch: int, device) -> tup
 def _invalid_distribution_argument(error: ValueError) -> bool:
     """Whether ``error`` is torch's validation error for a distribution parameter (e.g. NaN)."""
     return "Expected parameter" in str(error)
+
+
+def _constraint(error: ValueError) -> str:
+    """torch's invalid-argument message, without the dump of the tensor's values."""
+    return str(error).split(", but found invalid values")[0] + ", but found invalid values"
 
 
 def _non_finite_parameter(error: ValueError, vae: VAE) -> bool:

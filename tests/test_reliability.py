@@ -326,12 +326,13 @@ def test_malicious_pickle_is_refused_and_never_run(tmp_path, capsys, finished_ru
     [
         ("decoder", float("nan"), "bernoulli", "reconstruction"),  # Pyro validation catches it
         ("decoder", 1e30, "normal", "reconstruction"),  # finite parameters, infinite log p(x|z)
-        ("encoder", float("nan"), "bernoulli", "KL"),
+        ("encoder", float("nan"), "bernoulli", "KL"),  # Pyro validation catches it
         ("encoder", 1e30, "bernoulli", "KL"),  # |z| ~ 1e30: log p(z) = -inf
     ],
 )
 def test_non_finite_loss_names_the_step_and_the_term(tmp_path, network, factor, likelihood,
                                                      term):
+    validation = factor != factor  # NaN: Pyro's argument check refuses it before any loss
     x = torch.rand(64, 4)
     if likelihood == "bernoulli":
         x = x.round()
@@ -343,7 +344,11 @@ def test_non_finite_loss_names_the_step_and_the_term(tmp_path, network, factor, 
         fit(vae, x, None, cfg, out=tmp_path)
     message = str(info.value)
     assert info.value.step == 6 and info.value.term == term
-    assert message.startswith("the training loss or its gradient became non-finite at step 6 (epoch 2)")
+    what = ("Pyro's validation refused a distribution parameter" if validation
+            else "the training loss or its gradient became non-finite")
+    assert message.startswith(f"{what} at step 6 (epoch 2)")
+    if validation:
+        assert "is invalid (Expected parameter" in message and "tensor(" not in message
     assert f"the {term} term" in message and "from step 4 is kept" in message
     kept = safe_load(tmp_path / "checkpoint.pt")
     assert kept["step"] == 4 and all(torch.isfinite(v).all() for v in kept["model"].values())
@@ -364,7 +369,7 @@ def test_cli_non_finite_loss_exits_non_zero_with_the_message_on_stderr(
     monkeypatch.setattr(train_module, "build_vae", faulty)
     rc, err = _main(_flat_args(flat_data, "--epochs", 2, "--out", tmp_path / "run"), capsys)
     assert rc == 1
-    assert "non-finite at step 3 (epoch 1): the reconstruction term" in err
+    assert "refused a distribution parameter at step 3 (epoch 1): the reconstruction term" in err
     assert "no checkpoint of trained parameters was written yet" in err
 
 

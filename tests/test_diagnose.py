@@ -1,0 +1,237 @@
+"""``pyro-vae diagnose``: verdicts on crafted arrays, agreement with the trainer, the command."""
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae.cli import main as cli_main
+from pyro_vae.config import DataConfig, ModelConfig, RunConfig
+from pyro_vae.data import DataFormatError, load_data
+from pyro_vae.diagnose import KINDS, diagnose_data, diagnose_split, format_diagnosis
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.model import build_vae
+from pyro_vae.registry import UnknownNameError
+from pyro_vae.train import check_data, resolve_data
+
+ROOT = Path(__file__).resolve().parents[1]
+N, D = 300, 16
+
+
+def _rng():
+    return np.random.default_rng(0)
+
+
+def _grey8():
+    x = _rng().integers(0, 256, (N, D)).astype(np.uint8)
+    x[0, :] = np.arange(D) * 17  # every data set below spans 0..255
+    return x
+
+
+def _levels17():
+    return _rng().integers(0, 17, (N, D)).astype(np.uint8)
+
+
+def _reals():
+    return _rng().standard_normal((N, D)).astype(np.float32)
+
+
+def test_binary_data_fit_the_bernoulli_and_make_densities_unbounded():
+    for x in (_rng().integers(0, 2, (N, D)).astype(np.float32),
+              (_rng().integers(0, 2, (N, D)) * 255).astype(np.uint8)):
+        d = diagnose_data(x)
+        assert d.kind == "binary" and d.num_distinct == 2
+        assert set(d.valid_likelihoods) == set(LIKELIHOODS)
+        bern = d.verdict("bernoulli")
+        assert bern.discrete and bern.caution is None
+        for name in ("continuous-bernoulli", "normal"):
+            v = d.verdict(name)
+            assert v.discrete is False
+            assert (v.caution is not None) == (not v.dequantize)
+    # float 0/1 cannot be dequantized: every density on them is unbounded
+    d = diagnose_data(_rng().integers(0, 2, (N, D)).astype(np.float32))
+    assert "only 2 distinct values" in d.verdict("normal").caution
+    assert not d.advice_on("bce-grey") and not d.advice_on("levels")
+
+
+def test_8bit_grey_levels():
+    d = diagnose_data(_grey8(), name="grey")
+    assert d.kind == "8-bit" and d.num_distinct == 256 and (d.low, d.high) == (0, 255)
+    assert d.valid_likelihoods == ("bernoulli", "continuous-bernoulli", "normal")
+    bern, cb = d.verdict("bernoulli"), d.verdict("continuous-bernoulli")
+    assert (bern.binarize, bern.dequantize) == ("dynamic", False)
+    assert (cb.binarize, cb.dequantize) == ("none", True) and cb.caution is None
+    assert d.advice_on("bce-grey") and d.advice_on("mse") and not d.advice_on("levels")
+    # spread per dimension of U{0..255}/255 is about 0.29: the MSE's sigma is 2.4 times wider
+    assert re.search(r"spread per dimension is 0\.2[89]", d.advice_on("mse")[0].text)
+    # grey levels are not Bernoulli outcomes: without binarization the bernoulli refuses them
+    raw = diagnose_data(_grey8(), binarize="none")
+    assert not raw.verdict("bernoulli").valid
+    assert "--binarize dynamic" in raw.verdict("bernoulli").reason
+    assert raw.verdict("continuous-bernoulli").valid  # dequantized by default, binarize none
+
+
+def test_17_levels_stored_as_uint8_are_caught_and_the_suggested_rescaling_fixes_them():
+    x = _levels17()
+    d = diagnose_data(x)
+    assert d.kind == "few-levels" and d.num_distinct == 17 and d.high == 16
+    (advice,) = d.advice_on("levels")
+    assert "17 grey levels 0..16" in advice.text
+    assert "16/255 = 0.063" in advice.text
+    assert "np.round(x * (255 / 16)).astype(np.uint8)" in advice.text
+    report = " ".join(format_diagnosis(d, "continuous-bernoulli").split())
+    assert "[levels]" in report and "need rescaling" in report
+    # the rescaling the report suggests spreads the 17 levels over 0..255 (no uint8 overflow)
+    fixed = eval("np.round(x * (255 / 16)).astype(np.uint8)", {"np": np, "x": x})
+    e = diagnose_data(fixed)
+    assert e.kind == "8-bit" and e.num_distinct == 17 and (e.low, e.high) == (0, 255)
+    assert not e.advice_on("levels")
+    # a 0/1 mask saved as uint8 is the same mistake: 1 is read as 1/255
+    mask = diagnose_data(_rng().integers(0, 2, (N, D)).astype(np.uint8))
+    assert mask.kind == "few-levels" and "1/255 = 0.004" in mask.advice_on("levels")[0].text
+    # the same levels as floats are taken literally, outside [0, 1]
+    floats = diagnose_data(x.astype(np.float32))
+    assert floats.kind == "real" and "x / 16" in floats.advice_on("levels")[0].text
+
+
+def test_unbounded_reals_fit_only_the_normal():
+    x = _reals()
+    d = diagnose_data(x)
+    assert d.kind == "real" and d.num_distinct == len(np.unique(x))
+    assert (d.low, d.high) == (x.min(), x.max())
+    assert d.valid_likelihoods == ("normal",)
+    assert d.verdict("normal").caution is None and not d.verdict("normal").dequantize
+    assert "probabilities" in d.verdict("bernoulli").reason  # binarization reads floats so
+    assert "Rescale the data" in d.verdict("continuous-bernoulli").reason
+    assert "unbounded" in d.advice_on("bce-grey")[0].text
+    assert d.advice_on("units")
+    out = " ".join(format_diagnosis(d, "continuous-bernoulli").split())
+    assert "NOT valid" in out and "valid here: normal" in out
+
+
+def test_constant_pixels_are_counted():
+    x = _grey8()
+    x[:, 3:6] = 7
+    x[:, 10] = 0
+    d = diagnose_data(x)
+    assert d.constant_dims == 4 and d.constant_fraction == 4 / D
+    assert "4 of 16 dimensions (25.0%)" in d.advice_on("constant")[0].text
+    # not dequantized, a density on a constant pixel is unbounded
+    f = diagnose_data(x.astype(np.float32) / 255)
+    assert f.kind == "unit-interval" and f.constant_dims == 4
+    assert "grows without bound" in f.advice_on("constant")[0].text
+    assert "grid k/255" in f.advice_on("levels")[0].text
+
+
+def test_loader_refusals_and_unknown_names():
+    with pytest.raises(DataFormatError, match=r"0\.\.255; found values in \[0, 300\]"):
+        diagnose_data(np.array([[0, 300], [1, 2]], dtype=np.int64))
+    with pytest.raises(DataFormatError, match="1 NaN/inf value"):
+        diagnose_data(np.array([[0.5, np.nan], [0.1, 0.2]]))
+    with pytest.raises(UnknownNameError, match="bernoulli, continuous-bernoulli, normal"):
+        diagnose_data(_grey8()).verdict("gaussian")
+    assert set(KINDS) == {"binary", "8-bit", "few-levels", "unit-interval", "real"}
+
+
+@pytest.mark.parametrize("source", ["shapes", "float-npy", "reals-npy"])
+def test_verdicts_agree_with_what_the_trainer_does(source, tmp_path):
+    """Every verdict is the trainer's: the preprocessing of train.resolve_data, and valid
+    exactly when train.check_data accepts the data so prepared."""
+    dataset = "shapes"
+    if source != "shapes":
+        dataset = str(tmp_path / "x.npy")
+        x = torch.rand(120, 1, 4, 4) if source == "float-npy" else torch.randn(120, 16)
+        np.save(dataset, x.numpy())
+    d = diagnose_split(load_data(dataset, num_shapes=100, test_size=20))
+    for name in LIKELIHOODS:
+        verdict = d.verdict(name)
+        cfg = RunConfig(model=ModelConfig(likelihood=name),
+                        data=DataConfig(dataset=dataset, num_shapes=100, test_size=20))
+        try:
+            split, pre, _ = resolve_data(cfg)  # binarizing reals fails here already
+            assert (verdict.binarize, verdict.dequantize) == (pre.binarize, pre.dequantize)
+            vae = build_vae(split.event_shape, name, latent_dim=2, hidden=(4,))
+            check_data(vae, split.train, pre, "training")
+            check_data(vae, split.test, pre, "test")
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert verdict.valid == accepted, (name, verdict.reason)
+    expected = {"shapes": 3, "float-npy": 3, "reals-npy": 1}[source]
+    assert len(d.valid_likelihoods) == expected
+
+
+def test_cli_diagnose_in_process(capsys):
+    small = ["--dataset", "shapes", "--num-shapes", "100", "--test-size", "20"]
+    assert cli_main(["diagnose", *small]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the report is wrapped
+    assert "kind: 8-bit grey levels" in out and "D = 784 dimensions" in out
+    assert "[pixel-mean]" in out and "KL weight of 784" in out
+    assert "8 - log p(x) / 543.4" in out  # D ln 2 for D = 784
+    # the classic mistake: grey levels to a Bernoulli without binarization
+    assert cli_main(["diagnose", *small, "--likelihood", "bernoulli", "--binarize", "none"]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--likelihood bernoulli: NOT valid" in out
+    assert "valid here: continuous-bernoulli, normal" in out
+    assert cli_main(["diagnose", *small, "--likelihood", "normal"]) == 0
+    assert "--likelihood normal: valid for these data" in " ".join(capsys.readouterr().out.split())
+
+
+def test_cli_rejects_an_unknown_likelihood_listing_the_choices(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["diagnose", "--likelihood", "gaussian"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert all(name in err for name in LIKELIHOODS)
+    assert cli_main(["diagnose", "--dataset", "no-such-dataset"]) == 1
+    assert "valid choices: cifar10, fashion-mnist" in capsys.readouterr().err
+
+
+def test_cli_subprocess_catches_17_levels(tmp_path):
+    path = tmp_path / "levels.npy"
+    np.save(path, _levels17().reshape(N, 4, 4))
+    exe = Path(sys.executable).parent / "pyro-vae"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "error::DeprecationWarning"}
+    res = subprocess.run([str(exe), "diagnose", "--dataset", str(path), "--test-size", "10"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    out = " ".join(res.stdout.split())
+    assert "17 grey levels 0..16 stored as uint8" in out
+    assert "np.round(x * (255 / 16)).astype(np.uint8)" in out
+
+
+def test_readme_answers_run(capsys):
+    """Every command in the README's "Why is my VAE loss negative?" section parses; the
+    diagnose commands on the embedded shapes also run."""
+    from pyro_vae.cli import build_parser
+    from pyro_vae.pitfalls import add_pitfalls_flags, config_from_args
+
+    readme = (ROOT / "README.md").read_text()
+    section = re.search(r"^## Why is my VAE loss negative\?\n(.*?)(?=^## )", readme,
+                        re.S | re.M).group(1)
+    commands = [c for block in re.findall(r"```bash\n(.*?)\n\s*```", section, re.S)
+                for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+    assert len(commands) >= 8
+    for command in commands:
+        argv = shlex.split(command)
+        while "=" in argv[0]:  # OMP_NUM_THREADS=1 ...
+            argv.pop(0)
+        if argv[0].endswith("pyro-vae"):
+            assert argv[1] == "diagnose"
+            build_parser().parse_args(argv[1:])
+            if "--dataset" in argv and argv[argv.index("--dataset") + 1] == "shapes":
+                cli_main(argv[1:] + ["--num-shapes", "100", "--test-size", "20"])
+                assert "kind: 8-bit grey levels" in capsys.readouterr().out
+        else:
+            assert argv[:2] == ["python", "experiments/loss_pitfalls.py"], command
+            parser = argparse.ArgumentParser(exit_on_error=False)
+            add_pitfalls_flags(parser)
+            config_from_args(parser.parse_args(argv[2:]))
+    capsys.readouterr()
