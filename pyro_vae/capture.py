@@ -162,8 +162,10 @@ class CapturedLoss:
         parameters).
     :param estimator: a Pyro ELBO with ``differentiable_loss``.
     :param mode: ``"graph"`` (record and replay), ``"compile"`` (record, then
-        :func:`torch.compile`; the first call of each batch shape compiles, tens of seconds
-        on a small CPU) or ``"off"`` (run the Pyro program every call).
+        :func:`torch.compile` the graph of the first batch shape seen, the training batch
+        size; its first call compiles, tens of seconds on a small CPU; other shapes, such as
+        an epoch's last smaller batch, replay their plain graph) or ``"off"`` (run the Pyro
+        program every call).
     :param capturable: ``False`` with a reason string when the estimator is known not to be
         representable as a graph; it then runs eagerly.
 
@@ -194,6 +196,7 @@ class CapturedLoss:
         self._modules = list(vae.modules())
         self._params = [t for t in self._tensors if isinstance(t, nn.Parameter)]
         self._why_eager: str | None = None
+        self._compiled = False
         if mode == "off":
             self._why_eager = "capture is off"
         elif capturable is not True:
@@ -255,7 +258,8 @@ class CapturedLoss:
         if problem is not None:
             self._why_eager = f"the recorded graph disagrees with the Pyro program ({problem})"
             return None
-        if self.requested == "compile":
+        if self.requested == "compile" and not self._compiled:
+            self._compiled = True  # one compilation: the shape trained on every step
             # aten's own random numbers: the same draws as the Pyro program and the graph
             return torch.compile(graph, dynamic=False, options={"fallback_random": True})
         return graph

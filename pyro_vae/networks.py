@@ -98,7 +98,11 @@ class MLPEncoder(Encoder):
         batch = x.shape[: x.dim() - len(self.in_shape)]
         h = self.net(x.reshape(*batch, -1))  # (..., 2 * latent_dim)
         loc, raw = h.chunk(2, dim=-1)  # (..., latent_dim) each
-        return loc, positive_scale(raw)
+        return loc, self.to_scale(raw)
+
+    def to_scale(self, raw: torch.Tensor) -> torch.Tensor:
+        """The guide's standard deviation from the second half of the output (softplus)."""
+        return positive_scale(raw)
 
 
 class MLPDecoder(Decoder):

@@ -251,10 +251,8 @@ class LogVarianceEncoder(MLPEncoder):
         super().__init__(in_shape, latent_dim, hidden, activation)
         self.as_std = bool(as_std)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = x.shape[: x.dim() - len(self.in_shape)]
-        loc, log_var = self.net(x.reshape(*batch, -1)).chunk(2, dim=-1)  # (..., latent) each
-        return loc, log_var if self.as_std else torch.exp(0.5 * log_var)
+    def to_scale(self, log_var: torch.Tensor) -> torch.Tensor:
+        return log_var if self.as_std else torch.exp(0.5 * log_var)
 
 
 # ----------------------------------------------------------------------- the pitfalls
