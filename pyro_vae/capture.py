@@ -29,15 +29,17 @@ import contextlib
 import inspect
 import operator
 import sys
+import threading
 from typing import Callable, Iterator
 
+import pyro
 import torch
 from torch import nn
 
 #: how the training step runs the estimator's loss
 CAPTURE_MODES = ("graph", "compile", "off")
 
-_MAKE_FX_OPTIONS = {"pre_dispatch": True, "_error_on_data_dependent_ops": False}
+_MAKE_FX_OPTIONS = {"pre_dispatch": True, "_error_on_data_dependent_ops": True}
 
 
 def _make_fx_supported() -> bool:
@@ -49,6 +51,8 @@ def _make_fx_supported() -> bool:
 
 
 _MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
 
 
 def _hooked(modules: list[nn.Module], params: list[torch.Tensor]) -> bool:
@@ -57,41 +61,68 @@ def _hooked(modules: list[nn.Module], params: list[torch.Tensor]) -> bool:
     from torch.nn.modules import module as module_globals
 
     return (
-        any(getattr(module_globals, name, None) for name in
-            ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"))
+        any(getattr(module_globals, name, None) for name in _GLOBAL_HOOKS)
         or any(getattr(m, name) for m in modules for name in _MODULE_HOOKS)
         or any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None)
                for p in params)
     )
 
 
+def _in_pyro_handler() -> bool:
+    """Whether the call happens inside a Pyro effect handler (poutine.scale, condition, ...),
+    which would change the program the graph recorded without it."""
+    from pyro.poutine.runtime import _PYRO_STACK
+
+    return bool(_PYRO_STACK)
+
+
+def _passthrough(x, *args, **kwargs):
+    return x
+
+
+def _detached(x):
+    return x.detach() if isinstance(x, torch.Tensor) else x
+
+
+_RECORDING = threading.Lock()  # the patch below is process-wide: one recording at a time
+
+
 @contextlib.contextmanager
-def _items_as_tensors() -> Iterator[None]:
-    """While recording, Pyro's ``torch_item`` returns the detached tensor, not a float.
+def _recordable_pyro() -> Iterator[None]:
+    """While recording: Pyro's ``torch_item`` returns the detached tensor and its NaN/inf
+    warnings pass values through, so no value is read back to Python.
 
     Pyro's estimators read loss values with ``torch_item`` (``.item()``) and return
-    ``loss + (surrogate - item(surrogate))``. Recorded, an ``.item()`` would become the first
-    batch's number, a constant in every later step's loss value; detached tensors keep the
-    value exact (Pyro's own JIT estimators do the same while tracing).
+    ``loss + (surrogate - item(surrogate))``, and warn about a NaN loss by testing it in Python.
+    Recorded, a read would become the first batch's number in every later step (the recorder
+    refuses any such read); detached tensors keep the value exact, as Pyro's own JIT estimators
+    do while tracing, and the non-finite check happens on the device instead (see
+    :func:`pyro_vae.train.fit`). The modules that imported these functions by name are patched
+    and restored, under a lock.
     """
-    from pyro.infer import util
+    from pyro import util as pyro_util
+    from pyro.infer import util as infer_util
 
-    original = util.torch_item
-
-    def detached(x):
-        return x.detach() if isinstance(x, torch.Tensor) else x
-
-    patched = [  # the modules that imported it by name (read without triggering imports)
-        m for name, m in list(sys.modules.items())
-        if name.startswith(("pyro.", "pyro_vae.")) and vars(m).get("torch_item") is original
-    ]
-    for m in patched:
-        m.torch_item = detached
-    try:
-        yield
-    finally:
-        for m in patched:
-            m.torch_item = original
+    replacements = {
+        "torch_item": (infer_util.torch_item, _detached),
+        "warn_if_nan": (pyro_util.warn_if_nan, _passthrough),
+        "warn_if_inf": (pyro_util.warn_if_inf, _passthrough),
+    }
+    with _RECORDING:
+        patched = []
+        for name, module in list(sys.modules.items()):
+            if module is None or not name.startswith(("pyro.", "pyro_vae.")):
+                continue
+            namespace = vars(module)  # read without triggering lazy imports
+            for attr, (original, replacement) in replacements.items():
+                if namespace.get(attr) is original:
+                    setattr(module, attr, replacement)
+                    patched.append((module, attr, original))
+        try:
+            yield
+        finally:
+            for module, attr, original in patched:
+                setattr(module, attr, original)
 
 
 #: ``op(x, c) == x`` exactly for a floating tensor ``x`` (aten overloads, scalar ``c``)
@@ -133,14 +164,41 @@ def _drop_identities(graph) -> None:
                     u.replace_all_uses_with(inputs[u.args[1]])
                     graph.graph.erase_node(u)
                 graph.graph.erase_node(node)
+
+
+def _drop_dead_constants(graph) -> None:
+    """Remove constants copied and detached in place, then never read."""
     for node in list(graph.graph.nodes):
-        # a constant copied and detached in place, then never read (Pyro's argument checks)
         if (node.op == "call_function" and str(node.target) == "aten.lift_fresh_copy.default"
                 and all(str(u.target) == "aten.detach_.default" and not u.users
                         for u in node.users)):
             for u in list(node.users):
                 graph.graph.erase_node(u)
             graph.graph.erase_node(node)
+
+
+def _schema(node):
+    return getattr(node.target, "_schema", None) if node.op == "call_function" else None
+
+
+def _mutated_roots(graph) -> list:
+    """The tensors (graph nodes) that in-place operations write to, traced back through
+    views: a placeholder means the program changes its inputs."""
+    roots = []
+    for node in graph.graph.nodes:
+        schema = _schema(node)
+        if schema is None or not schema.is_mutable or not node.args:
+            continue
+        root = node.args[0]
+        while (s := _schema(root)) is not None and any(r.alias_info for r in s.returns):
+            root = root.args[0]  # a view of its first argument
+        roots.append(root)
+    return roots
+
+
+def _fresh(node) -> bool:
+    """A newly allocated tensor (what Pyro's samplers fill with random numbers in place)."""
+    return node.op == "call_function" and "empty" in str(node.target)
 
 
 class _Program(nn.Module):
@@ -170,16 +228,22 @@ class CapturedLoss:
         representable as a graph; it then runs eagerly.
 
     Graphs are kept per batch shape, dtype, device, KL weight and train/eval mode; the
-    parameters are inputs of the graph, so optimizer updates, ``load_state_dict`` and
-    ``.to(device)`` are seen. A module hook (on any submodule) or a gradient hook on a
-    parameter makes that call run the program eagerly, hooks included.
+    parameters and buffers are inputs of the graph, so optimizer updates, in-place
+    ``load_state_dict`` and ``.to(device)`` are seen. A call with a module hook (on any
+    submodule), a gradient hook on a parameter, or inside a Pyro effect handler runs the
+    program eagerly. A program that reads a value back to Python (``.item()``, a branch on
+    data), changes its inputs in place, or whose graph does not reproduce its loss and
+    gradients on the first batch runs eagerly from then on; :attr:`mode` says why.
 
-    .. warning:: It belongs to the VAE's structure when built: after replacing a submodule or
-        a parameter object, make a new one (as :func:`~pyro_vae.train.fit` does per run).
+    .. warning:: It belongs to the VAE and estimator as built: after replacing a submodule or
+        a parameter object (``load_state_dict(assign=True)``), or changing a non-tensor
+        setting (a likelihood's options, the estimator's alpha), make a new one, as
+        :func:`~pyro_vae.train.fit` does per run.
 
-    .. warning:: Call it inside :func:`pyro.validation_enabled` as the training loop does: the
-        capture validates the first batch of each shape, later batches are not re-validated by
-        Pyro (check data before the loop, and the loss for finiteness, as :func:`fit` does).
+    .. warning:: Pyro's validation runs on the first batch of each key (the verification runs
+        the program itself, under the caller's validation setting, as :func:`fit` sets it
+        on); later batches are not re-validated by Pyro. Check the data against the support
+        before the loop, and the loss for finiteness, as :func:`fit` does.
     """
 
     def __init__(self, vae: nn.Module, estimator, mode: str = "graph",
@@ -210,8 +274,9 @@ class CapturedLoss:
         return self.requested if self._why_eager is None else f"eager: {self._why_eager}"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # hooks may come and go: a hooked call runs eagerly, the next may not
-        if self._why_eager is None and not _hooked(self._modules, self._params):
+        # hooks and handlers may come and go: such a call runs eagerly, the next may not
+        if (self._why_eager is None and not _hooked(self._modules, self._params)
+                and not _in_pyro_handler()):
             graph = self._graph_for(x)
             if graph is not None:
                 return graph(self._tensors, x)
@@ -240,29 +305,54 @@ class CapturedLoss:
         def loss_of(tensors, x):
             return torch.func.functional_call(program, dict(zip(names, tensors)), (x,))
 
+        buffers = [t.detach().clone() for t in self._tensors if not isinstance(t, nn.Parameter)]
         devices = [x.device] if x.is_cuda else []
         try:
-            with torch.random.fork_rng(devices=devices), _items_as_tensors():
+            # Pyro's checks read values back to Python: they run in the verification below
+            with torch.random.fork_rng(devices=devices), _recordable_pyro(), \
+                    pyro.validation_enabled(False):
                 graph = make_fx(loss_of, **_MAKE_FX_OPTIONS)(
                     [t.detach() for t in self._tensors], x
                 )
         except (RuntimeError, TypeError, NotImplementedError, AssertionError) as e:
-            # the recorder cannot follow this program; Pyro's own errors (ValueError, e.g. a
-            # validation failure) propagate, and the eager run below raises any real fault
-            self._why_eager = f"the program could not be recorded ({type(e).__name__}: {e})"
-            return None
-        _drop_identities(graph)
+            # the recorder cannot follow this program (e.g. it reads a value back to Python);
+            # the eager run raises any real fault
+            return self._refuse(
+                f"the program could not be recorded ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''})", buffers
+            )
+        _drop_dead_constants(graph)
+        mutated = _mutated_roots(graph)
+        if any(root.op == "placeholder" for root in mutated):
+            return self._refuse(
+                "the program changes its inputs in place (e.g. batch-norm statistics)", buffers
+            )
+        if all(_fresh(root) for root in mutated):  # only random fills of new tensors
+            _drop_identities(graph)
         graph.graph.eliminate_dead_code()  # e.g. log p(z) that the analytic KL never reads
         graph.recompile()
-        problem = self._disagreement(graph, x)
+        try:
+            problem = self._disagreement(graph, x)
+        except RuntimeError as e:
+            problem = f"{type(e).__name__}: {e}"
         if problem is not None:
-            self._why_eager = f"the recorded graph disagrees with the Pyro program ({problem})"
-            return None
+            return self._refuse(
+                f"the recorded graph disagrees with the Pyro program ({problem})", buffers
+            )
         if self.requested == "compile" and not self._compiled:
             self._compiled = True  # one compilation: the shape trained on every step
             # aten's own random numbers: the same draws as the Pyro program and the graph
             return torch.compile(graph, dynamic=False, options={"fallback_random": True})
         return graph
+
+    def _refuse(self, why: str, buffers: list[torch.Tensor]) -> None:
+        """Run the Pyro program eagerly from now on; undo what recording did to buffers."""
+        with torch.no_grad():
+            for t, saved in zip([t for t in self._tensors if not isinstance(t, nn.Parameter)],
+                                buffers):
+                t.copy_(saved)
+        self._why_eager = why
+        return None
 
     def _disagreement(self, graph: Callable, x: torch.Tensor) -> str | None:
         """Compare loss and gradients of the graph and the program on the same draws."""

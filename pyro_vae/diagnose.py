@@ -27,27 +27,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-import numpy as np
 import torch
 
 from pyro_vae.config import DataConfig
-from pyro_vae.data import DataSplit, Preprocess, _as_data_array
-from pyro_vae.likelihoods import LIKELIHOODS, check_finite, make_likelihood
+from pyro_vae.data import DataSplit, Preprocess, _as_data_array, _to_tensor
+from pyro_vae.likelihoods import LIKELIHOODS, make_likelihood
 from pyro_vae.pitfalls import MSE_SIGMA
 
 KINDS: Mapping[str, str] = MappingProxyType(
     {
         "binary": "binary: every value is 0 or 1 (uint8: the levels 0 and 255)",
-        "8-bit": "8-bit grey levels: uint8 levels spanning 0..255, read as k/255",
-        "few-levels": "integer levels stored as uint8 that do not span 0..255, read as k/255",
+        "8-bit": "8-bit grey levels: uint8 levels read as k/255, the brightest at least 128",
+        "low-levels": (
+            "integer levels stored as uint8, the brightest below 128, so they do not span "
+            "0..255: read as k/255, every value is below 0.5"
+        ),
         "unit-interval": "real values in [0, 1]",
         "real": "real values outside [0, 1]",
     }
 )
 """The kinds of data :func:`diagnose_data` tells apart, with what each means."""
 
-#: uint8 data with at most this many levels, the highest below 255, are ``few-levels``
-FEW_LEVELS = 64
+#: uint8 data (not binary) whose brightest level is at most this are ``low-levels``, however
+#: many levels they hold: integer levels 0..K saved as uint8 without rescaling to 0..255
+LOW_LEVELS_MAX = 127
 #: data with at most this many distinct values are discrete to a density
 DISCRETE_VALUES = 256
 #: datapoints per chunk of the support check (as :data:`pyro_vae.train.CHECK_CHUNK`)
@@ -166,14 +169,13 @@ class Diagnosis:
 
 def _as_loaded(x) -> torch.Tensor:
     """``x`` as :func:`~pyro_vae.data.load_data` would hold it: uint8 or float32,
-    ``(N, D)`` or ``(N, C, H, W)``; the loader's errors for anything else."""
+    ``(N, D)`` or ``(N, C, H, W)``; the loader's errors for anything else.
+
+    A tensor takes the same checks as an array (no fast path: a channels-last or empty
+    tensor is refused exactly as the loader refuses it)."""
     if isinstance(x, torch.Tensor):
-        if x.dtype in (torch.uint8, torch.float32) and x.dim() in (2, 4):
-            if x.dtype == torch.float32:
-                check_finite(x)
-            return x.detach().cpu()
         x = x.detach().cpu().numpy()
-    return torch.from_numpy(np.ascontiguousarray(_as_data_array(x, "the data")))
+    return _to_tensor(_as_data_array(x, "the data"))
 
 
 def _distinct(x: torch.Tensor) -> torch.Tensor:
@@ -189,7 +191,7 @@ def _kind(x: torch.Tensor, values: torch.Tensor) -> str:
         return "binary"
     low, high = values[0].item(), values[-1].item()
     if x.dtype == torch.uint8:
-        return "few-levels" if high < 255 and len(values) <= FEW_LEVELS else "8-bit"
+        return "low-levels" if high <= LOW_LEVELS_MAX else "8-bit"
     return "unit-interval" if low >= 0 and high <= 1 else "real"
 
 
@@ -270,6 +272,18 @@ def _verdict(
 # ----------------------------------------------------------------------- advice
 
 
+def _rescale_levels(kmax: int) -> str:
+    """What to do with integer levels 0..kmax: uint8 over 0..255, never floats on the
+    exact levels (a density on finitely many values is unbounded)."""
+    return (
+        f"rescale the levels to 0..255 before saving, as uint8: "
+        f"np.round(x * (255 / {kmax})).astype(np.uint8). Then continuous-bernoulli and "
+        f"normal see them dequantized, (k + u)/256: continuous values, on which a density "
+        f"is bounded and bits/dim is meaningful; bernoulli binarizes them (its default "
+        f"--binarize dynamic, Bernoulli(k/255))."
+    )
+
+
 def _advice(
     kind: str,
     x: torch.Tensor,
@@ -283,7 +297,7 @@ def _advice(
     out: list[Advice] = []
     script = "python experiments/loss_pitfalls.py --pitfalls"
 
-    if kind == "few-levels":
+    if kind == "low-levels":
         kmax = int(high)
         contiguous = len(values) == kmax + 1
         seen = f"{len(values)} grey levels 0..{kmax}" if contiguous else (
@@ -291,12 +305,11 @@ def _advice(
         )
         out.append(Advice("levels", (
             f"{seen} stored as uint8: the loader reads uint8 as 8-bit levels k/255, so the "
-            f"brightest value is {kmax}/255 = {kmax / 255:.3f}, densities see a nearly black "
-            f"image and bernoulli's binarization draws Bernoulli(k/255) <= {kmax / 255:.3f} "
-            f"(almost every pixel off). If {kmax} means full brightness, rescale before "
-            f"saving: np.round(x * (255 / {kmax})).astype(np.uint8) spreads the levels over "
-            f"0..255 (then dequantized and comparable in bits/dim), or save x / {kmax} as "
-            f"float32 in [0, 1] (no dequantization, no bits/dim)."
+            f"brightest value is {kmax}/255 = {kmax / 255:.3f}, densities see a dark image "
+            f"and bernoulli's binarization draws Bernoulli(k/255) <= {kmax / 255:.3f} (most "
+            f"pixels off). If {kmax} means full brightness, {_rescale_levels(kmax)} Saving "
+            f"x / {kmax} as float32 instead would leave {len(values)} exact values, on which a "
+            f"density grows without bound."
         )))
     elif kind == "8-bit" and high < 255:
         out.append(Advice("levels", (
@@ -306,8 +319,9 @@ def _advice(
     if x.dtype != torch.uint8 and integer and low >= 0 and high <= 255 and kind == "real":
         out.append(Advice("levels", (
             f"integer values {int(low)}..{int(high)} stored as floats are taken literally "
-            f"(outside [0, 1]): if they are grey levels, save them as uint8 (when they span "
-            f"0..255) or as float32 x / {int(high)} in [0, 1]."
+            f"(outside [0, 1]), and a density on these {len(values)} exact values grows "
+            f"without bound, rescaled to [0, 1] or not. If they are grey levels with "
+            f"{int(high)} as full brightness, {_rescale_levels(int(high))}"
         )))
     if kind == "unit-interval" and len(values) <= 256:
         grid = values * 255
@@ -318,7 +332,7 @@ def _advice(
                 "bits/dim is defined."
             )))
 
-    if kind in ("8-bit", "few-levels", "unit-interval"):
+    if kind in ("8-bit", "low-levels", "unit-interval"):
         out.append(Advice("bce-grey", (
             "grey levels are not Bernoulli outcomes: binary cross-entropy on them, "
             "x log p + (1 - x) log(1 - p), integrates to at most 1/2 over [0, 1] (it is the "
@@ -342,12 +356,17 @@ def _advice(
     )))
 
     if kind != "binary":
-        ratio = MSE_SIGMA / data_sd if data_sd > 0 else math.inf
+        if data_sd > 0:
+            spread = (
+                f"the fixed sigma {MSE_SIGMA:.3f} is {MSE_SIGMA / data_sd:.3g} times the data's "
+                f"standard deviation per dimension, s = {data_sd:.3g}"
+            )
+        else:
+            spread = "the data's standard deviation per dimension is s = 0"
         out.append(Advice("mse", (
-            f"a summed squared error is a Normal with sigma fixed at 1/sqrt(2) = {MSE_SIGMA:.2f} "
-            f"(a weight w on it: sigma = 1/sqrt(2w)); the data's spread per dimension is "
-            f"{data_sd:.3g} (sigma {ratio:.3g} times wider), so the arbitrary weight, not the "
-            f"data, sets the balance against the KL. --likelihood normal learns sigma. "
+            f"a summed squared error is a Normal with sigma fixed at 1/sqrt(2) (a weight w on "
+            f"it: sigma = 1/sqrt(2w)); {spread}: the arbitrary weight, not the data, sets that "
+            f"ratio and with it the balance against the KL. --likelihood normal learns sigma. "
             f"See: {script} mse"
         )))
 
@@ -518,6 +537,6 @@ def format_diagnosis(d: Diagnosis, likelihood: str | None = None) -> str:
 
 
 __all__ = [
-    "Advice", "DISCRETE_VALUES", "Diagnosis", "FEW_LEVELS", "KINDS", "Verdict",
+    "Advice", "DISCRETE_VALUES", "Diagnosis", "KINDS", "LOW_LEVELS_MAX", "Verdict",
     "diagnose_data", "diagnose_split", "format_diagnosis",
 ]

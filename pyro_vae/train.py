@@ -43,6 +43,7 @@ from pyro_vae import plots, rundir
 from pyro_vae.checkpoint import CheckpointError, atomic_save, rng_state, safe_load, set_rng_state
 from pyro_vae.config import RunConfig, TrainConfig
 from pyro_vae.data import DataSplit, Preprocess, load_data
+from pyro_vae.likelihoods import DataSupportError
 from pyro_vae.capture import CapturedLoss
 from pyro_vae.estimators import ESTIMATORS, check_beta, make_estimator
 from pyro_vae.model import VAE, build_vae, evaluation_mode
@@ -87,12 +88,16 @@ class TrainResult:
 
     :ivar metrics: one dict per epoch (see :data:`pyro_vae.rundir.METRIC_FIELDS`).
     :ivar best_test_elbo: best held-out ELBO per datapoint (nats), ``nan`` without test data.
+    :ivar capture: how the steps ran the estimator's loss.
     """
 
     vae: VAE
     run_dir: Path | None
     metrics: list[dict] = field(default_factory=list)
     best_test_elbo: float = math.nan
+    #: how the steps ran the loss: ``graph``, ``compile`` or ``eager: <why>``
+    #: (see :class:`~pyro_vae.capture.CapturedLoss`)
+    capture: str = ""
 
     @property
     def test_elbo(self) -> float:
@@ -143,12 +148,45 @@ def evaluate_elbo(
 def check_data(vae: VAE, data: torch.Tensor, preprocess: Preprocess, what: str) -> None:
     """Check every datapoint, as the model will see it, against the likelihood's support.
 
+    First the likelihood's own check (its actionable message for the built-in likelihoods),
+    then the support of the distribution it builds, whatever the likelihood (a custom one
+    included): with the loss recorded as a graph, Pyro validates only the first batch.
     Runs under a forked RNG so the check draws nothing from the training's random stream.
     """
     vae.check_shape(data, what)
+    support = _observation_support(vae, data)
     with torch.random.fork_rng(devices=[data.device] if data.is_cuda else []):
         for i in range(0, len(data), CHECK_CHUNK):
-            vae.likelihood.check_support(preprocess(data[i : i + CHECK_CHUNK]))
+            x = preprocess(data[i : i + CHECK_CHUNK])  # (b, *event_shape)
+            vae.likelihood.check_support(x)
+            if support is None:
+                continue
+            try:
+                inside = support.check(x).reshape(len(x), -1).all(-1)  # (b,)
+            except NotImplementedError:  # a support that depends on the parameters
+                support = None
+                continue
+            if not bool(inside.all()):
+                first = i + int((~inside).nonzero()[0, 0])
+                raise DataSupportError(
+                    f"{what} datapoint {first} (and {int((~inside).sum()) - 1} more among "
+                    f"datapoints {i}..{i + len(x) - 1}) lies outside the support of the "
+                    f"{vae.likelihood.name or type(vae.likelihood).__name__} likelihood "
+                    f"({support}). Transform the data, or choose a likelihood whose support "
+                    f"holds them (pyro-vae diagnose lists the valid ones)."
+                )
+
+
+@torch.no_grad()
+def _observation_support(vae: VAE, data: torch.Tensor):
+    """The support of p(x | z) at z = 0, read from a real decoder output (so the
+    distribution's parameters are valid), or ``None`` if they are not; a lookup, not a pass
+    of the model, so the decoder's hooks are not run."""
+    z = torch.zeros(1, vae.latent_dim, device=data.device)
+    try:
+        return vae.likelihood.distribution(vae.decoder.forward(z)).support
+    except ValueError:  # invalid parameters already: the first step names them
+        return None
 
 
 def _make_optimizer(vae: VAE, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -592,7 +630,8 @@ def fit(
                 written(run_dir / "metrics.jsonl", lambda: rundir.write_metrics(run_dir, metrics))
     if run_dir is not None:
         write_pictures(vae, test if test is not None else train, preprocess, run_dir, metrics)
-    return TrainResult(vae=vae, run_dir=run_dir, metrics=metrics, best_test_elbo=best)
+    return TrainResult(vae=vae, run_dir=run_dir, metrics=metrics, best_test_elbo=best,
+                       capture=train_step.loss.mode)
 
 
 def _restore_mid_epoch(state: dict, n: int, steps_per_epoch: int, device) -> tuple:

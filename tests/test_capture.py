@@ -143,6 +143,7 @@ def _trained(capture, **train):
 def test_training_with_the_graph_is_bit_identical_to_the_pyro_program(train):
     # 120 datapoints in batches of 32: a partial last batch (its own graph) every epoch
     a, b = _trained("graph", **train), _trained("off", **train)
+    assert (a.capture, b.capture) == ("graph", "eager: capture is off")
     for (name, p), q in zip(a.vae.named_parameters(), b.vae.parameters()):
         assert torch.equal(p, q), name
     assert [r["train_elbo"] for r in a.metrics] == [r["train_elbo"] for r in b.metrics]
@@ -196,3 +197,63 @@ def test_bench_train_prints_a_ratio_line_per_case(tmp_path):
     assert all(0 < float(ln[4]) < 100 for ln in lines)
     assert "epoch cpu 256x784 batch=128 meanfield: seconds" in res.stdout
     assert "peak RSS MB per epoch" in res.stdout
+
+
+def test_programs_a_graph_cannot_hold_run_eagerly_and_leave_state_as_eager_would():
+    from pyro import poutine
+    from torch import nn
+
+    vae = build_vae((6,), "bernoulli", latent_dim=2, hidden=(8,))
+    x = _data("bernoulli", (6,), 5, 0)
+    captured = CapturedLoss(vae, make_estimator("meanfield"))
+    with poutine.scale(scale=100.0):  # a handler around the call: eager, not the graph
+        torch.manual_seed(0)
+        a = captured(x)
+    torch.manual_seed(0)
+    assert torch.allclose(a, 100 * captured.eager(x)) and not captured._graphs
+
+    class ItemELBO(type(make_estimator("meanfield"))):  # reads the loss back to Python
+        def differentiable_loss(self, model, guide, *args, **kwargs):
+            loss = super().differentiable_loss(model, guide, *args, **kwargs)
+            return loss + 0.001 * float(loss.detach())
+
+    captured = CapturedLoss(vae, ItemELBO())
+    for seed in range(2):  # a value read back would otherwise be frozen at the first batch
+        x = _data("bernoulli", (6,), 5, seed)
+        torch.manual_seed(seed)
+        a = captured(x)
+        torch.manual_seed(seed)
+        assert torch.equal(a, captured.eager(x))
+    assert captured.mode.startswith("eager: the program could not be recorded")
+
+    bn = build_vae((6,), "bernoulli", latent_dim=2, hidden=(8,))
+    bn.encoder.net.insert(1, nn.BatchNorm1d(8))  # running statistics change in place
+    captured = CapturedLoss(bn, make_estimator("meanfield"))
+    captured(x)
+    assert captured.mode.startswith("eager: the program changes its inputs in place")
+    assert int(bn.encoder.net[1].num_batches_tracked) == 1  # recording left no trace
+
+
+def test_a_custom_likelihood_support_is_checked_before_training_with_the_graph():
+    import pyro.distributions as dist
+
+    from pyro_vae.likelihoods import DataSupportError, Likelihood
+
+    class Poisson(Likelihood):
+        def distribution(self, params):
+            return dist.Poisson(params.select(-2, 0).exp()).to_event(1)
+
+        def mean(self, params):
+            return params.select(-2, 0).exp()
+
+    from pyro_vae.model import VAE
+    from pyro_vae.networks import make_networks
+
+    lik = Poisson((6,))
+    vae = VAE(*make_networks("mlp", (6,), lik.param_shape, 2, (8,), "relu"), lik)
+    x = torch.poisson(torch.full((40, 6), 3.0))
+    x[33, 2] = 2.5  # one count that is not an integer
+    with pytest.raises(DataSupportError, match=r"training datapoint 33 .* support of the Poisson"):
+        fit(vae, x, None, TrainConfig(epochs=1, batch_size=8, quiet=True))
+    x[33, 2] = 2.0
+    assert fit(vae, x, None, TrainConfig(epochs=1, batch_size=8, quiet=True)).capture == "graph"

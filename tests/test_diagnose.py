@@ -69,8 +69,9 @@ def test_8bit_grey_levels():
     assert (bern.binarize, bern.dequantize) == ("dynamic", False)
     assert (cb.binarize, cb.dequantize) == ("none", True) and cb.caution is None
     assert d.advice_on("bce-grey") and d.advice_on("mse") and not d.advice_on("levels")
-    # spread per dimension of U{0..255}/255 is about 0.29: the MSE's sigma is 2.4 times wider
-    assert re.search(r"spread per dimension is 0\.2[89]", d.advice_on("mse")[0].text)
+    # the sd per dimension of U{0..255}/255 is about 0.29: the MSE's sigma is 2.4 times it
+    assert re.search(r"the fixed sigma 0\.707 is 2\.[45]\d* times the data's standard "
+                     r"deviation per dimension, s = 0\.2[89]", d.advice_on("mse")[0].text)
     # grey levels are not Bernoulli outcomes: without binarization the bernoulli refuses them
     raw = diagnose_data(_grey8(), binarize="none")
     assert not raw.verdict("bernoulli").valid
@@ -81,11 +82,18 @@ def test_8bit_grey_levels():
 def test_17_levels_stored_as_uint8_are_caught_and_the_suggested_rescaling_fixes_them():
     x = _levels17()
     d = diagnose_data(x)
-    assert d.kind == "few-levels" and d.num_distinct == 17 and d.high == 16
+    assert d.kind == "low-levels" and d.num_distinct == 17 and d.high == 16
     (advice,) = d.advice_on("levels")
     assert "17 grey levels 0..16" in advice.text
     assert "16/255 = 0.063" in advice.text
     assert "np.round(x * (255 / 16)).astype(np.uint8)" in advice.text
+    assert d.advice_on("bce-grey") and d.advice_on("mse")
+    # floats on the 17 exact levels are offered only with the warning the verdicts give them
+    assert "float32 instead would leave 17 exact values, on which a density grows without " \
+        "bound" in advice.text
+    floats01 = diagnose_data(x.astype(np.float32) / 16)
+    assert all("17 distinct values" in floats01.verdict(n).caution
+               for n in ("continuous-bernoulli", "normal"))
     report = " ".join(format_diagnosis(d, "continuous-bernoulli").split())
     assert "[levels]" in report and "need rescaling" in report
     # the rescaling the report suggests spreads the 17 levels over 0..255 (no uint8 overflow)
@@ -93,12 +101,44 @@ def test_17_levels_stored_as_uint8_are_caught_and_the_suggested_rescaling_fixes_
     e = diagnose_data(fixed)
     assert e.kind == "8-bit" and e.num_distinct == 17 and (e.low, e.high) == (0, 255)
     assert not e.advice_on("levels")
+    # ... and the densities then see dequantized, continuous values: no caution, bits/dim
+    for name in ("continuous-bernoulli", "normal"):
+        v = e.verdict(name)
+        assert v.dequantize and v.caution is None and "bits/dim" in v.reason
+    assert e.verdict("bernoulli").binarize == "dynamic"
     # a 0/1 mask saved as uint8 is the same mistake: 1 is read as 1/255
     mask = diagnose_data(_rng().integers(0, 2, (N, D)).astype(np.uint8))
-    assert mask.kind == "few-levels" and "1/255 = 0.004" in mask.advice_on("levels")[0].text
-    # the same levels as floats are taken literally, outside [0, 1]
+    assert mask.kind == "low-levels" and "1/255 = 0.004" in mask.advice_on("levels")[0].text
+    # the same levels as floats are taken literally, outside [0, 1]; the advice is the same
     floats = diagnose_data(x.astype(np.float32))
-    assert floats.kind == "real" and "x / 16" in floats.advice_on("levels")[0].text
+    (advice,) = floats.advice_on("levels")
+    assert floats.kind == "real" and "np.round(x * (255 / 16)).astype(np.uint8)" in advice.text
+    assert "17 exact values grows without bound" in advice.text
+
+
+def test_uint8_levels_short_of_255_are_low_levels_however_many():
+    """The rule is the brightest level, not the count: 100 levels 0..99 are caught."""
+    x = _rng().integers(0, 100, (N, D)).astype(np.uint8)
+    x[0, :] = np.arange(D)  # the lowest levels
+    x[1, :] = 99 - np.arange(D)  # and the highest
+    d = diagnose_data(x)
+    assert d.kind == "low-levels" and d.num_distinct == 100 and (d.low, d.high) == (0, 99)
+    assert "brightest below 128" in KINDS[d.kind]
+    (advice,) = d.advice_on("levels")
+    assert "100 grey levels 0..99 stored as uint8" in advice.text
+    assert "99/255 = 0.388" in advice.text
+    fixed = eval("np.round(x * (255 / 99)).astype(np.uint8)", {"np": np, "x": x})
+    e = diagnose_data(fixed)
+    assert e.kind == "8-bit" and e.num_distinct == 100 and (e.low, e.high) == (0, 255)
+    assert not e.advice_on("levels")
+    # the boundary: a brightest level of 127 is low-levels, 128 is 8-bit with a milder note
+    x = _rng().integers(0, 128, (N, D)).astype(np.uint8)
+    x[0, 0] = 127
+    assert diagnose_data(x).kind == "low-levels"
+    x[0, 0] = 128
+    high = diagnose_data(x)
+    assert high.kind == "8-bit"
+    assert "brightest level is 128 < 255" in high.advice_on("levels")[0].text
 
 
 def test_unbounded_reals_fit_only_the_normal():
@@ -137,7 +177,20 @@ def test_loader_refusals_and_unknown_names():
         diagnose_data(np.array([[0.5, np.nan], [0.1, 0.2]]))
     with pytest.raises(UnknownNameError, match="bernoulli, continuous-bernoulli, normal"):
         diagnose_data(_grey8()).verdict("gaussian")
-    assert set(KINDS) == {"binary", "8-bit", "few-levels", "unit-interval", "real"}
+    assert set(KINDS) == {"binary", "8-bit", "low-levels", "unit-interval", "real"}
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_tensors_take_the_loaders_checks_as_arrays_do(as_tensor):
+    wrap = torch.from_numpy if as_tensor else (lambda a: a)
+    with pytest.raises(DataFormatError, match=r"\(5, 28, 28, 3\) looks channels-last"):
+        diagnose_data(wrap(np.zeros((5, 28, 28, 3), np.float32)))
+    with pytest.raises(DataFormatError, match=r"empty data, shape \(0, 16\)"):
+        diagnose_data(wrap(np.zeros((0, 16), np.float32)))
+    with pytest.raises(DataFormatError, match="1 NaN/inf value"):
+        diagnose_data(wrap(np.array([[0.5, np.nan], [0.1, 0.2]], np.float32)))
+    x = _levels17().reshape(N, 1, 4, 4)
+    assert diagnose_data(wrap(x)) == diagnose_data(x)
 
 
 @pytest.mark.parametrize("source", ["shapes", "float-npy", "reals-npy"])
@@ -223,14 +276,16 @@ def test_readme_answers_run(capsys):
         argv = shlex.split(command)
         while "=" in argv[0]:  # OMP_NUM_THREADS=1 ...
             argv.pop(0)
-        if argv[0].endswith("pyro-vae"):
+        # as in Set up and Test: the venv's executables, no activation assumed
+        assert argv[0] in (".venv/bin/pyro-vae", ".venv/bin/python"), command
+        if argv[0] == ".venv/bin/pyro-vae":
             assert argv[1] == "diagnose"
             build_parser().parse_args(argv[1:])
             if "--dataset" in argv and argv[argv.index("--dataset") + 1] == "shapes":
                 cli_main(argv[1:] + ["--num-shapes", "100", "--test-size", "20"])
                 assert "kind: 8-bit grey levels" in capsys.readouterr().out
         else:
-            assert argv[:2] == ["python", "experiments/loss_pitfalls.py"], command
+            assert argv[1] == "experiments/loss_pitfalls.py", command
             parser = argparse.ArgumentParser(exit_on_error=False)
             add_pitfalls_flags(parser)
             config_from_args(parser.parse_args(argv[2:]))
