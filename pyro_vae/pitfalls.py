@@ -240,15 +240,8 @@ class LogVarianceEncoder(MLPEncoder):
         is <= 0 wherever ``s`` is. Otherwise the scale is ``exp(s / 2)``.
     """
 
-    def __init__(
-        self,
-        in_shape: Sequence[int],
-        latent_dim: int,
-        hidden: Sequence[int] = (400,),
-        activation: str = "relu",
-        as_std: bool = False,
-    ):
-        super().__init__(in_shape, latent_dim, hidden, activation)
+    def __init__(self, *args, as_std: bool = False, **kwargs):  # MLPEncoder's arguments
+        super().__init__(*args, **kwargs)
         self.as_std = bool(as_std)
 
     def to_scale(self, log_var: torch.Tensor) -> torch.Tensor:
