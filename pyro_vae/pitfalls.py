@@ -50,11 +50,9 @@ from typing import Callable, Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro import poutine
-from pyro.distributions import TorchDistribution, constraints
+from pyro.distributions import constraints
 from pyro.poutine.scale_messenger import ScaleMessenger
-from torch.distributions.utils import broadcast_all
 
 from pyro_vae.config import DEVICES, TrainConfig
 from pyro_vae.likelihoods import (
@@ -121,7 +119,7 @@ def pixel_mean_program(vae: VAE) -> ObservationScaledVAE:
     return ObservationScaledVAE(vae.encoder, vae.decoder, vae.likelihood, scale, beta=vae.beta)
 
 
-class UnnormalizedBernoulli(TorchDistribution):
+class UnnormalizedBernoulli(dist.Bernoulli):
     r"""Binary cross-entropy read as a density on [0, 1]: what BCE on grey levels is.
 
     .. math::
@@ -135,30 +133,15 @@ class UnnormalizedBernoulli(TorchDistribution):
         missing ``log C`` depends on the decoder's output, so an "ELBO" built from it bounds no
         likelihood; and it cannot be sampled.
 
+    It is Pyro's own ``Bernoulli`` with one change, the mistake itself: its declared support is
+    [0, 1] instead of {0, 1}, so validation (on, as always) admits grey levels and the log
+    density is the Bernoulli's, i.e. minus binary cross-entropy.
+
     References: G. Loaiza-Ganem, J. P. Cunningham, *The continuous Bernoulli*, NeurIPS 2019.
     """
 
-    arg_constraints = {"logits": constraints.real}
     support = constraints.unit_interval
-    has_rsample = False
-
-    def __init__(self, logits: torch.Tensor, validate_args: bool | None = None):
-        self.logits = logits
-        super().__init__(logits.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(UnnormalizedBernoulli, _instance)
-        new.logits = self.logits.expand(batch_shape)
-        super(UnnormalizedBernoulli, new).__init__(
-            torch.Size(batch_shape), validate_args=self._validate_args
-        )
-        return new
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
-        logits, value = broadcast_all(self.logits, value)
-        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+    has_enumerate_support = False
 
     def sample(self, sample_shape=torch.Size()):
         raise NotImplementedError(
@@ -181,7 +164,7 @@ class BinaryCrossEntropyLikelihood(Likelihood):
     name = "bce"
 
     def distribution(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return UnnormalizedBernoulli(self.component(params, 0)).to_event(self.event_dim)
+        return UnnormalizedBernoulli(logits=self.component(params, 0)).to_event(self.event_dim)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.component(params, 0))

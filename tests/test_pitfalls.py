@@ -65,14 +65,14 @@ def test_bce_on_grey_levels_is_the_continuous_bernoulli_without_its_normalizer()
     lam = torch.tensor([0.02, 0.3, 0.45, 0.6, 0.97], dtype=torch.float64)
     logits = torch.logit(lam)
     x = torch.linspace(0, 1, 100_001, dtype=torch.float64)[:, None]  # (G, 1)
-    bce = UnnormalizedBernoulli(logits).log_prob(x)  # (G, 5)
+    bce = UnnormalizedBernoulli(logits=logits).log_prob(x)  # (G, 5)
     cb = torch.distributions.ContinuousBernoulli(logits=logits).log_prob(x)
     torch.testing.assert_close(cb - bce, _log_C(lam).expand_as(bce), rtol=0, atol=1e-9)
     # so it integrates to 1/C(lambda) <= 1/2, never to 1
     mass = torch.trapezoid(bce.exp(), x[:, 0], dim=0)
     torch.testing.assert_close(mass, torch.exp(-_log_C(lam)), rtol=1e-8, atol=0)
     assert (mass < 0.5).all()
-    half = UnnormalizedBernoulli(torch.zeros((), dtype=torch.float64)).log_prob(x[:, 0]).exp()
+    half = UnnormalizedBernoulli(logits=torch.zeros((), dtype=torch.float64)).log_prob(x[:, 0]).exp()
     assert abs(torch.trapezoid(half, x[:, 0]).item() - 0.5) < 1e-12  # the most it reaches
 
 
