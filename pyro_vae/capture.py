@@ -11,16 +11,19 @@ order, drawing the same random numbers from the same generator. The loss is stil
 estimator's; nothing is written by hand. Optionally the graph is handed to
 :func:`torch.compile`.
 
-What is done once instead of every step, and what covers it after (see
-:func:`pyro_vae.train.fit`): Pyro's structural checks (plates, shapes, model/guide agreement)
-and the distribution-argument checks run at capture; the support of every datapoint is checked
-before training starts; a non-finite loss or gradient is caught on the device every step, and
-the failing batch is traced again with full validation to name the term.
+Recording is strict: a program that reads a value back to Python (``.item()``, a branch on
+data) cannot be recorded and runs eagerly; Pyro's own reads (``torch_item``, its NaN warnings)
+are turned into tensor operations while recording.
 
 Each capture is verified: the recorded graph's loss and every parameter gradient must equal
-those of the Pyro program on the same batch and random draws. A program the graph cannot
-represent (Python hooks, or an estimator that shapes gradients with autograd hooks, such as
-DReG) runs eagerly instead; :attr:`CapturedLoss.mode` says which and why.
+those of the Pyro program, run with the caller's validation on, on the same batch and random
+draws. That run is where Pyro's checks (plates, shapes, model/guide agreement, distribution
+arguments and support) happen, once per batch shape instead of every step; after it (see
+:func:`pyro_vae.train.fit`) the support of every datapoint is checked before training starts,
+a non-finite loss or gradient is caught on the device every step, and a failing batch is traced
+again with full validation to name the term. A program the graph cannot represent (hooks, an
+estimator that shapes gradients with autograd hooks such as DReG, in-place changes of its
+inputs) runs eagerly instead; :attr:`CapturedLoss.mode` says which and why.
 """
 
 from __future__ import annotations
@@ -190,9 +193,11 @@ def _mutated_roots(graph) -> list:
         if schema is None or not schema.is_mutable or not node.args:
             continue
         root = node.args[0]
-        while (s := _schema(root)) is not None and any(r.alias_info for r in s.returns):
+        while (isinstance(root, torch.fx.Node) and (s := _schema(root)) is not None
+               and any(r.alias_info for r in s.returns)):
             root = root.args[0]  # a view of its first argument
-        roots.append(root)
+        if isinstance(root, torch.fx.Node):
+            roots.append(root)
     return roots
 
 
