@@ -37,7 +37,9 @@ from typing import Callable, Iterator
 
 import pyro
 import torch
+from pyro.poutine.runtime import _PYRO_STACK
 from torch import nn
+from torch.nn.modules import module as module_globals
 
 #: how the training step runs the estimator's loss
 CAPTURE_MODES = ("graph", "compile", "off")
@@ -61,8 +63,6 @@ _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_
 def _hooked(modules: list[nn.Module], params: list[torch.Tensor]) -> bool:
     """Whether a module hook (which a recorded graph would drop) or a parameter's gradient hook
     (which the capture's verification would call) is registered; cheap, checked every call."""
-    from torch.nn.modules import module as module_globals
-
     return (
         any(getattr(module_globals, name, None) for name in _GLOBAL_HOOKS)
         or any(getattr(m, name) for m in modules for name in _MODULE_HOOKS)
@@ -74,8 +74,6 @@ def _hooked(modules: list[nn.Module], params: list[torch.Tensor]) -> bool:
 def _in_pyro_handler() -> bool:
     """Whether the call happens inside a Pyro effect handler (poutine.scale, condition, ...),
     which would change the program the graph recorded without it."""
-    from pyro.poutine.runtime import _PYRO_STACK
-
     return bool(_PYRO_STACK)
 
 

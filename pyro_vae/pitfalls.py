@@ -58,10 +58,8 @@ from pyro_vae.config import DEVICES, TrainConfig
 from pyro_vae.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
-    DataSupportError,
     Likelihood,
     NormalLikelihood,
-    check_finite,
 )
 from pyro_vae.model import VAE, evaluation_mode
 from pyro_vae.networks import MLPDecoder, MLPEncoder
@@ -150,12 +148,13 @@ class UnnormalizedBernoulli(dist.Bernoulli):
         )
 
 
-class BinaryCrossEntropyLikelihood(Likelihood):
+class BinaryCrossEntropyLikelihood(BernoulliLikelihood):
     """Binary cross-entropy on grey levels as an observation model (the ``bce-grey`` mistake).
 
-    The decoder emits one logit per dimension, as for ``bernoulli`` and
-    ``continuous-bernoulli``. :meth:`mean` returns ``sigmoid(logits)``, the picture its author
-    shows; it is the mean of no distribution.
+    The ``bernoulli`` likelihood with :class:`UnnormalizedBernoulli` in place of the Bernoulli:
+    one logit per dimension, and :meth:`mean` ``sigmoid(logits)``, the picture its author
+    shows; it is the mean of no distribution. Data in [0, 1] are checked against the
+    distribution's declared support, as for any likelihood (:func:`pyro_vae.train.check_data`).
 
     .. warning:: Unnormalized (see :class:`UnnormalizedBernoulli`); not registered, so neither
         ``pyro-vae train`` nor ``pyro-vae diagnose`` offers it.
@@ -166,17 +165,8 @@ class BinaryCrossEntropyLikelihood(Likelihood):
     def distribution(self, params: torch.Tensor) -> dist.TorchDistribution:
         return UnnormalizedBernoulli(logits=self.component(params, 0)).to_event(self.event_dim)
 
-    def mean(self, params: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.component(params, 0))
-
     def check_support(self, x: torch.Tensor) -> None:
-        check_finite(x)
-        outside = (x < 0) | (x > 1)
-        if outside.any():
-            raise DataSupportError(
-                f"binary cross-entropy needs data in [0, 1], but {int(outside.sum())} values "
-                f"are outside (observed range [{x.min().item():.4g}, {x.max().item():.4g}])"
-            )
+        Likelihood.check_support(self, x)  # finite; [0, 1] is the declared support
 
 
 class FixedScaleNormalLikelihood(Likelihood):

@@ -211,9 +211,9 @@ class TrainStep:
     def __init__(self, vae: VAE, cfg: TrainConfig, device: torch.device):
         self.vae = vae
         self.grad_clip = cfg.grad_clip
-        self.estimator = make_estimator(cfg.estimator, cfg.particles, alpha=cfg.alpha)
+        estimator = make_estimator(cfg.estimator, cfg.particles, alpha=cfg.alpha)
         spec = ESTIMATORS.get(cfg.estimator)
-        self.loss = CapturedLoss(vae, self.estimator, cfg.capture, capturable=spec.capturable)
+        self.loss = CapturedLoss(vae, estimator, cfg.capture, capturable=spec.capturable)
         self.optimizer = _make_optimizer(vae, cfg)
         self._params = list(vae.parameters())  # the optimizer's, in its order
         self.guard = _NonFiniteGuard(device)
