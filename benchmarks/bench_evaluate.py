@@ -3,7 +3,7 @@
 Builds the MLP VAE of Burda et al.'s comparisons (784-400-50, Bernoulli likelihood), trains it
 for ``--train-epochs`` quick epochs so the importance weights are those of a real model (or
 loads a run with ``--run DIR``; the quick training sees the evaluated images, so its log p(x)
-is no test score), then times :func:`pyro_vae.evaluate.importance_log_px` alone
+is no test score), then times :func:`pyro_vae.eval.importance_log_px` alone
 on ``--num`` statically binarized images of ``../shared/data/mnist-t10k``.
 
 Memory: on CPU the peak resident set size of the process during the evaluation (``VmHWM``,
@@ -30,11 +30,12 @@ import time
 import pyro
 import torch
 
-from pyro_vae.config import TrainConfig
+from pyro_vae.config import TrainConfig, resolve_device
 from pyro_vae.data import Preprocess, load_data
-from pyro_vae.evaluate import importance_log_px
-from pyro_vae.model import build_vae
-from pyro_vae.train import fit, load_run, resolve_device
+from pyro_vae.eval import importance_log_px
+from pyro_vae.models import build_vae
+from pyro_vae.runs import load_run
+from pyro_vae.train import fit
 
 from memory import MNIST_T10K, peak_rss_mb, proc_status_mb, reset_peak_rss
 

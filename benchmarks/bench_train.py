@@ -46,10 +46,10 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from pyro_vae.capture import CAPTURE_MODES
+from pyro_vae.infer.capture import CAPTURE_MODES
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Preprocess, load_data
-from pyro_vae.model import VAE, build_vae
+from pyro_vae.models import VAE, build_vae
 from pyro_vae.train import TrainStep, fit
 
 from memory import MNIST_T10K, RSSSampler, peak_rss_mb
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024])
     p.add_argument("--estimators", nargs="+", default=["meanfield", "elbo", "iwae", "dreg"],
                    choices=sorted(PARTICLES), help="K = 5 for iwae, renyi and dreg")
-    p.add_argument("--capture", nargs="+", default=["graph"], choices=CAPTURE_MODES,
+    p.add_argument("--capture", nargs="+", default=["graph"], choices=CAPTURE_MODES.names(),
                    help="pyro-vae step modes to time (the first is the plain case)")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=20, help="steps per case per round")

@@ -1,6 +1,6 @@
 """Compare ELBO estimators: elbo, meanfield, stl, iwae and dreg on one model and dataset.
 
-Thin wrapper around :func:`pyro_vae.compare.run_comparison` (the same as ``pyro-vae compare``):
+Thin wrapper around :func:`pyro_vae.apps.compare.run_comparison` (the same as ``pyro-vae compare``):
 trains every estimator (iwae and dreg at each ``--ks``) for ``--epochs`` with each of at least
 three ``--seeds``, then writes ``comparison.md``/``.csv`` (test ELBO, importance-sampled
 log p(x), seconds per epoch, gradient SNR; mean +- sd over seeds), ``learning_curves.png`` and
@@ -16,7 +16,7 @@ Example (MNIST test split as the dataset)::
 import argparse
 import sys
 
-from pyro_vae.compare import add_compare_flags, main
+from pyro_vae.apps.compare import add_compare_flags, main
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(

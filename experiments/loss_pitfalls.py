@@ -1,6 +1,6 @@
 """The classic VAE loss mistakes, trained as the Pyro programs they are, beside the correct ones.
 
-Thin wrapper around :func:`pyro_vae.pitfalls.run_pitfalls`: for each pitfall (``pixel-mean``,
+Thin wrapper around :func:`pyro_vae.apps.pitfalls.run_pitfalls`: for each pitfall (``pixel-mean``,
 ``bce-grey``, ``mse``, ``logvar-std``) it trains the mistaken and the correct program with
 :func:`pyro_vae.train.fit` on the same data, evaluates both under the correct model (held-out
 ELBO, importance-sampled log p(x), bits/dim) and writes ``pitfalls.md``, one picture per
@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pyro_vae.pitfalls import add_pitfalls_flags, main
+from pyro_vae.apps.pitfalls import add_pitfalls_flags, main
 
 MNIST_T10K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
 

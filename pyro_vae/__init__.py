@@ -3,42 +3,56 @@
 The generative model and the guide are Pyro programs (:class:`VAE`); the likelihood is
 swappable (:data:`LIKELIHOODS`); a Pyro ELBO estimator (:data:`ESTIMATORS`) turns them into the
 loss; :func:`fit` is the one training loop.
+
+The package is layered, each layer importing only those above it in this list:
+:mod:`~pyro_vae.registry` and :mod:`~pyro_vae.validation`; :mod:`~pyro_vae.models`,
+:mod:`~pyro_vae.infer` and :mod:`~pyro_vae.data`; :mod:`~pyro_vae.config`;
+:mod:`~pyro_vae.eval`; :mod:`~pyro_vae.train`; :mod:`~pyro_vae.runs`; :mod:`~pyro_vae.apps`.
 """
 
+from pyro_vae.apps.evaluate import evaluate_run
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import DataSplit, Preprocess, load_data
-from pyro_vae.evaluate import evaluate_run, importance_log_px
-from pyro_vae.estimators import (
+from pyro_vae.eval import evaluate_elbo, gradient_snr, importance_log_px
+from pyro_vae.infer import (
     ESTIMATORS,
     DReGELBO,
     ImportanceWeightedELBO,
     StickingTheLandingELBO,
     make_estimator,
 )
-from pyro_vae.gradients import gradient_snr
-from pyro_vae.likelihoods import LIKELIHOODS, DataSupportError, Likelihood, make_likelihood
-from pyro_vae.model import VAE, build_vae
-from pyro_vae.networks import ConvDecoder, ConvEncoder, Decoder, Encoder, MLPDecoder, MLPEncoder
+from pyro_vae.models import (
+    LIKELIHOODS,
+    VAE,
+    ConvDecoder,
+    ConvEncoder,
+    DataSupportError,
+    Decoder,
+    Encoder,
+    Likelihood,
+    MLPDecoder,
+    MLPEncoder,
+    build_vae,
+    make_likelihood,
+)
 from pyro_vae.registry import UnknownNameError
-from pyro_vae.rundir import RunDirectoryError
+from pyro_vae.runs import load_run, run_training
 from pyro_vae.train import (
     NonFiniteLossError,
+    RunDirectoryError,
     TrainingInterrupted,
     TrainResult,
-    evaluate_elbo,
     fit,
-    load_run,
-    run_training,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvDecoder", "ConvEncoder", "DReGELBO", "DataConfig", "DataSplit", "DataSupportError",
-    "Decoder", "RunDirectoryError", "StickingTheLandingELBO", "TrainingInterrupted", "gradient_snr",
-    "ESTIMATORS", "Encoder", "ImportanceWeightedELBO", "LIKELIHOODS", "Likelihood",
+    "Decoder", "ESTIMATORS", "Encoder", "ImportanceWeightedELBO", "LIKELIHOODS", "Likelihood",
     "MLPDecoder", "MLPEncoder", "ModelConfig", "NonFiniteLossError", "Preprocess", "RunConfig",
-    "TrainConfig", "TrainResult", "UnknownNameError", "VAE", "build_vae", "evaluate_elbo",
-    "evaluate_run", "fit", "importance_log_px",
-    "load_data", "load_run", "make_estimator", "make_likelihood", "run_training",
+    "RunDirectoryError", "StickingTheLandingELBO", "TrainConfig", "TrainResult",
+    "TrainingInterrupted", "UnknownNameError", "VAE", "build_vae", "evaluate_elbo",
+    "evaluate_run", "fit", "gradient_snr", "importance_log_px", "load_data", "load_run",
+    "make_estimator", "make_likelihood", "run_training",
 ]

@@ -1,61 +1,99 @@
-"""Frozen configuration dataclasses: what to model, on which data, and how to train.
+"""Every setting of a run, declared once: frozen dataclasses whose fields carry their type,
+default, help and choices.
 
-Each validates itself on construction, so a bad number fails before any data are loaded,
-whether it came from a flag, a TOML file or Python.
+A setting is a dataclass field made with :func:`setting`; a configuration may nest others as
+sections (:class:`RunConfig` holds a model, a data and a training section, and the
+comparison's and the loss pitfalls' configurations hold a :class:`RunConfig`). From these
+declarations come:
+
+* the command-line flags (:func:`add_flags`: kebab-case, the type, the default shown once, the
+  choices read from the registries when the parser is built, so a likelihood registered by user
+  code is offered too);
+* flat settings, as in a TOML file or the flags given (:func:`from_flat`), and the nested
+  dictionaries of ``config.json`` (:func:`from_dict`).
+
+Each dataclass validates itself on construction, so a bad number fails before any data are
+loaded, whether it came from a flag, a TOML file or Python.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
-from pyro_vae.capture import CAPTURE_MODES
-from pyro_vae.estimators import ESTIMATORS, check_beta
-from pyro_vae.likelihoods import LIKELIHOODS, SCALE_MODES
-from pyro_vae.networks import ACTIVATIONS, ARCHITECTURES
+import torch
 
-BINARIZE_MODES = ("dynamic", "static", "threshold", "none")
-LR_SCHEDULES = ("constant", "cosine")
-DEVICES = ("auto", "cpu", "cuda")
+from pyro_vae.data import BINARIZE
+from pyro_vae.infer import CAPTURE_MODES, ESTIMATORS, check_beta
+from pyro_vae.models import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
+from pyro_vae.models.likelihoods import SCALE_MODES
+from pyro_vae.registry import Registry
 
-
-def _choice(kind: str, value: Any, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(choices)}")
+LR_SCHEDULES: Registry[None] = Registry.of("lr schedule", ("constant", "cosine"))
+DEVICES: Registry[None] = Registry.of("device", ("auto", "cpu", "cuda"))
 
 
-def _at_least(name: str, value: float, low: float, strict: bool = False) -> None:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: Registry | None = None,
+    default_text: str | None = None,
+) -> Any:
+    """A configuration field: its default, what it means, and its valid names.
+
+    :param choices: the registry whose names are the valid values (the flag offers them).
+    :param default_text: how ``--help`` states the default (e.g. ``"shared"`` for a ``None``
+        that means "the likelihood decides"); by default the value itself.
+    """
+    return field(
+        default=default,
+        metadata={"help": help, "choices": choices, "default_text": default_text},
+    )
+
+
+def section(factory) -> Any:
+    """A nested configuration (its fields are flags of the same level as the others')."""
+    return field(default_factory=factory, metadata={"section": True})
+
+
+def at_least(name: str, value: float, low: float, strict: bool = False) -> None:
+    """Refuse ``value`` below ``low`` (or equal, when ``strict``), naming it ``name``."""
     if value is None or (value <= low if strict else value < low):
         raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
 
 
+def _ints(value) -> tuple[int, ...]:
+    """A tuple of ints from a tuple, a list (JSON, TOML) or one int (``hidden = 16``)."""
+    return (int(value),) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The VAE: likelihood, networks, latent size.
+    """The VAE: likelihood, networks, latent size."""
 
-    :param scale: sigma parameterization of the ``normal`` likelihood (``shared``,
-        ``per-pixel`` or ``decoder``); ``None`` for other likelihoods.
-    """
-
-    likelihood: str = "bernoulli"
-    scale: str | None = None
-    latent_dim: int = 20
-    hidden: tuple[int, ...] = (400,)
-    arch: str = "mlp"
-    activation: str = "relu"
+    likelihood: str = setting("bernoulli", "observation model p(x | z)", choices=LIKELIHOODS)
+    scale: str | None = setting(
+        None, "sigma of the normal likelihood", choices=SCALE_MODES, default_text="shared"
+    )
+    latent_dim: int = setting(20, "dimensions of z")
+    hidden: tuple[int, ...] = setting((400,), "hidden layer sizes (the decoder mirrors them)")
+    arch: str = setting("mlp", "encoder and decoder networks", choices=ARCHITECTURES)
+    activation: str = setting("relu", "activation between layers", choices=ACTIVATIONS)
 
     def __post_init__(self):
-        LIKELIHOODS.get(self.likelihood)
+        LIKELIHOODS.check(self.likelihood)
         if self.scale is not None:
-            _choice("normal scale", self.scale, SCALE_MODES)
-        _at_least("latent-dim", self.latent_dim, 1)
-        hidden = (self.hidden,) if isinstance(self.hidden, int) else self.hidden  # one layer
-        object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
+            SCALE_MODES.check(self.scale)
+        at_least("latent-dim", self.latent_dim, 1)
+        object.__setattr__(self, "hidden", _ints(self.hidden))
         for h in self.hidden:
-            _at_least("every hidden size", h, 1)
-        _choice("arch", self.arch, ARCHITECTURES)
-        ACTIVATIONS.get(self.activation)
+            at_least("every hidden size", h, 1)
+        ARCHITECTURES.check(self.arch)
+        ACTIVATIONS.check(self.activation)
 
     def likelihood_options(self) -> dict:
         return {"scale": self.scale}
@@ -63,85 +101,92 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the data come from and how they are turned into model input.
+    """Where the data come from and how they are turned into model input."""
 
-    :param binarize: ``dynamic`` (a fresh Bernoulli draw of the grey levels per batch),
-        ``static`` (one seeded draw), ``threshold`` (> 0.5) or ``none``. ``None`` picks
-        ``dynamic`` for the ``bernoulli`` likelihood and ``none`` otherwise.
-    :param dequantize: add uniform noise to 8-bit levels, ``(k + u) / 256``, for continuous
-        likelihoods. ``None`` picks it for every likelihood but ``bernoulli``.
-    :param test_size: held-out datapoints when the source has no test split of its own.
-    """
-
-    dataset: str = "shapes"
-    data_dir: str = "data"
-    binarize: str | None = None
-    dequantize: bool | None = None
-    test_size: int = 1000
-    num_shapes: int = 10000
-    download: bool = False
+    dataset: str = setting(
+        "shapes",
+        "shapes (embedded, offline), mnist, fashion-mnist, kmnist, cifar10, or a path to an "
+        "idx folder, .npy or .npz file",
+    )
+    data_dir: str = setting("data", "where torchvision datasets live")
+    binarize: str | None = setting(
+        None,
+        "dynamic: a fresh Bernoulli draw of the grey levels per batch; static: one seeded draw; "
+        "threshold: > 0.5; none",
+        choices=BINARIZE,
+        default_text="the likelihood's: dynamic for bernoulli, none otherwise",
+    )
+    dequantize: bool | None = setting(
+        None,
+        "(k + u)/256 on 8-bit levels, for a density",
+        default_text="on for continuous likelihoods on 8-bit data",
+    )
+    test_size: int = setting(1000, "held-out datapoints when the source has no test split")
+    num_shapes: int = setting(10000, "training images of the embedded shapes dataset")
+    download: bool = setting(False, "let torchvision download a missing dataset")
 
     def __post_init__(self):
         if self.binarize is not None:
-            _choice("binarize mode", self.binarize, BINARIZE_MODES)
-        _at_least("test-size", self.test_size, 0)
-        _at_least("num-shapes", self.num_shapes, 1)
+            BINARIZE.check(self.binarize)
+        at_least("test-size", self.test_size, 0)
+        at_least("num-shapes", self.num_shapes, 1)
 
-    def resolved(self, likelihood: str) -> "DataConfig":
-        """Fill the likelihood-dependent defaults."""
-        binarize = self.binarize
-        if binarize is None:
-            binarize = "dynamic" if likelihood == "bernoulli" else "none"
+    def resolved(self, likelihood: str, is_8bit: bool) -> DataConfig:
+        """Fill the defaults that depend on the likelihood and the data: its own binarization
+        (:attr:`~pyro_vae.models.Likelihood.default_binarize`), and dequantization of 8-bit
+        levels that nothing binarizes, for a likelihood that wants it
+        (:attr:`~pyro_vae.models.Likelihood.dequantize_8bit`)."""
+        cls = LIKELIHOODS.get(likelihood)
+        binarize = cls.default_binarize if self.binarize is None else self.binarize
         dequantize = self.dequantize
         if dequantize is None:
-            dequantize = binarize == "none" and likelihood != "bernoulli"
+            dequantize = binarize == "none" and cls.dequantize_8bit and is_8bit
         return dataclasses.replace(self, binarize=binarize, dequantize=bool(dequantize))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimization: estimator, schedule, and bookkeeping.
+    """Optimization: estimator, schedule, and bookkeeping."""
 
-    :param grad_clip: clip the global gradient norm to this value (``None``: no clipping).
-    :param warmup_epochs: beta grows linearly from ~0 to ``beta`` over this many epochs.
-    :param log_every: steps between reads of the loss from the device (progress bar, NaN check).
-    :param capture: how each step runs the estimator's loss: ``graph`` (recorded once per batch
-        shape and replayed; see :mod:`pyro_vae.capture`), ``compile`` (the recorded graph
-        through :func:`torch.compile`) or ``off`` (the Pyro program every step).
-    """
-
-    estimator: str = "meanfield"
-    particles: int = 1
-    alpha: float = 0.5
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float | None = None
-    lr_schedule: str = "constant"
-    beta: float = 1.0
-    warmup_epochs: int = 0
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 50
-    quiet: bool = False
-    capture: str = "graph"
+    estimator: str = setting("meanfield", "ELBO estimator", choices=ESTIMATORS)
+    particles: int = setting(1, "Monte Carlo particles (K for iwae, renyi and dreg)")
+    alpha: float = setting(0.5, "Renyi alpha (renyi only)")
+    epochs: int = setting(20, "epochs to train (on --resume: the total, to extend a run)")
+    batch_size: int = setting(128, "datapoints per step")
+    lr: float = setting(1e-3, "Adam learning rate")
+    weight_decay: float = setting(0.0, "Adam weight decay")
+    grad_clip: float | None = setting(
+        None, "clip the global gradient norm to this value", default_text="no clipping"
+    )
+    lr_schedule: str = setting("constant", "learning-rate schedule", choices=LR_SCHEDULES)
+    beta: float = setting(1.0, "KL weight")
+    warmup_epochs: int = setting(0, "epochs over which beta rises linearly from ~0 to --beta")
+    seed: int = setting(0, "seed of the networks, the batches, the held-out split and the draws")
+    device: str = setting("auto", "auto: cuda when available", choices=DEVICES)
+    log_every: int = setting(50, "steps between reads of the loss (progress bar, NaN check)")
+    quiet: bool = setting(False, "no progress bars")
+    capture: str = setting(
+        "graph",
+        "graph: record the Pyro loss once per batch shape and replay it; compile: also "
+        "torch.compile it (slow first step, faster after); off: run the Pyro program every step",
+        choices=CAPTURE_MODES,
+    )
 
     def __post_init__(self):
-        ESTIMATORS.get(self.estimator)
-        _at_least("particles", self.particles, 1)
-        _at_least("epochs", self.epochs, 0)
-        _at_least("batch-size", self.batch_size, 1)
-        _at_least("lr", self.lr, 0, strict=True)
-        _at_least("weight-decay", self.weight_decay, 0)
+        ESTIMATORS.check(self.estimator)
+        at_least("particles", self.particles, 1)
+        at_least("epochs", self.epochs, 0)
+        at_least("batch-size", self.batch_size, 1)
+        at_least("lr", self.lr, 0, strict=True)
+        at_least("weight-decay", self.weight_decay, 0)
         if self.grad_clip is not None:
-            _at_least("grad-clip", self.grad_clip, 0, strict=True)
-        _choice("lr schedule", self.lr_schedule, LR_SCHEDULES)
-        _at_least("beta", self.beta, 0)
-        _at_least("warmup-epochs", self.warmup_epochs, 0)
-        _choice("device", self.device, DEVICES)
-        _at_least("log-every", self.log_every, 1)
-        _choice("capture", self.capture, CAPTURE_MODES)
+            at_least("grad-clip", self.grad_clip, 0, strict=True)
+        LR_SCHEDULES.check(self.lr_schedule)
+        at_least("beta", self.beta, 0)
+        at_least("warmup-epochs", self.warmup_epochs, 0)
+        DEVICES.check(self.device)
+        at_least("log-every", self.log_every, 1)
+        CAPTURE_MODES.check(self.capture)
         check_beta(self.estimator, self.beta, warmup=self.warmup_epochs > 0)
 
 
@@ -149,46 +194,158 @@ class TrainConfig:
 class RunConfig:
     """Everything a run needs; saved as ``config.json`` and inside every checkpoint."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = section(ModelConfig)
+    data: DataConfig = section(DataConfig)
+    train: TrainConfig = section(TrainConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        return cls(
-            model=ModelConfig(**{**d.get("model", {}), "hidden": tuple(d["model"]["hidden"])})
-            if "model" in d
-            else ModelConfig(),
-            data=DataConfig(**d.get("data", {})),
-            train=TrainConfig(**d.get("train", {})),
-        )
+    def from_dict(cls, d: dict) -> RunConfig:
+        """From ``to_dict()`` (or ``config.json``: lists for tuples, extra keys ignored)."""
+        return from_dict(cls, d)
 
 
-#: flag name (snake case) -> section, for flat sources such as the command line or TOML
-FIELD_SECTIONS = {
-    f.name: section
-    for section, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig))
-    for f in dataclasses.fields(cls)
-}
+#: the run settings that may change on ``--resume`` (the rest must match the checkpoint)
+RESUMABLE = frozenset({"epochs", "quiet", "log_every", "device", "data_dir", "download", "capture"})
 
 
-def config_from_flat(values: dict) -> RunConfig:
-    """A :class:`RunConfig` from flat ``{field: value}`` (kebab or snake case keys).
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    DEVICES.check(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is available; use cpu")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------- reading the fields
+
+
+def _is_section(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("section"))
+
+
+def settings_of(cls) -> Iterator[tuple[dataclasses.Field, Any]]:
+    """``(field, type)`` of every setting of ``cls`` and of its sections, depth first."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if _is_section(f):
+            yield from settings_of(hints[f.name])
+        else:
+            yield f, hints[f.name]
+
+
+def setting_names(cls) -> list[str]:
+    """The flat (snake case) names of every setting of ``cls``; unique across sections."""
+    names = [f.name for f, _ in settings_of(cls)]
+    assert len(names) == len(set(names)), f"{cls.__name__} repeats a setting name"
+    return names
+
+
+def from_flat(base, values: dict):
+    """``base`` with the flat ``{setting: value}`` (kebab or snake case keys) applied, in any
+    section; the result validates itself.
 
     :raises ValueError: for an unknown key, listing the valid ones.
     """
-    sections: dict[str, dict] = {"model": {}, "data": {}, "train": {}}
-    for key, value in values.items():
-        name = key.replace("-", "_")
-        if name not in FIELD_SECTIONS:
-            valid = ", ".join(sorted(k.replace("_", "-") for k in FIELD_SECTIONS))
-            raise ValueError(f"unknown setting {key!r}; valid settings: {valid}")
-        sections[FIELD_SECTIONS[name]][name] = value
-    return RunConfig(
-        model=ModelConfig(**sections["model"]),
-        data=DataConfig(**sections["data"]),
-        train=TrainConfig(**sections["train"]),
-    )
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    valid = set(setting_names(type(base)))
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        names = ", ".join(sorted(k.replace("_", "-") for k in valid))
+        raise ValueError(f"unknown setting {unknown[0].replace('_', '-')!r}; valid settings: {names}")
+    return _apply(base, values)
+
+
+def _apply(config, values: dict):
+    changes = {}
+    for f in dataclasses.fields(config):
+        if _is_section(f):
+            changes[f.name] = _apply(getattr(config, f.name), values)
+        elif f.name in values:
+            changes[f.name] = values[f.name]
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def from_dict(cls, d: dict):
+    """A ``cls`` from nested dictionaries (as :func:`dataclasses.asdict` writes them; keys that
+    ``cls`` does not have, such as the data facts of ``config.json``, are ignored)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        kwargs[f.name] = from_dict(hints[f.name], d[f.name]) if _is_section(f) else d[f.name]
+    return cls(**kwargs)
+
+
+def flat_dict(config) -> dict:
+    """``{setting: value}`` of every setting of ``config`` and its sections."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out.update(flat_dict(value) if _is_section(f) else {f.name: value})
+    return out
+
+
+# ----------------------------------------------------------------------- command-line flags
+
+
+def _optional(tp) -> Any:
+    """``X`` of ``X | None``, else ``tp``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if type(None) in typing.get_args(tp) and len(args) == 1 else tp
+
+
+def _default_text(f: dataclasses.Field, default) -> str:
+    if f.metadata.get("default_text"):
+        return f.metadata["default_text"]
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, tuple):
+        return " ".join(map(str, default))
+    return "none" if default is None else str(default)
+
+
+def add_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls,
+    *,
+    defaults=None,
+    only: tuple[str, ...] | None = None,
+    exclude: tuple[str, ...] = (),
+) -> None:
+    """One ``--kebab-case`` flag per setting of ``cls`` (and its sections).
+
+    Flags are parsed with ``default=argparse.SUPPRESS``: the namespace holds only the settings
+    given, for :func:`from_flat` to lay over the defaults (or a saved or TOML configuration).
+    The help states the default once, from ``defaults`` (an instance of ``cls``; default
+    ``cls()``); choices come from the setting's registry as it is now.
+
+    :param only: the settings to offer (default: all of them but ``exclude``).
+    """
+    values = flat_dict(defaults if defaults is not None else cls())
+    for f, tp in settings_of(cls):
+        if (only is not None and f.name not in only) or f.name in exclude:
+            continue
+        kind = _optional(tp)
+        help_text = f"{f.metadata['help']} (default: {_default_text(f, values[f.name])})"
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            kwargs.update(type=typing.get_args(kind)[0], nargs="+")
+        else:
+            kwargs["type"] = kind
+        if f.metadata.get("choices") is not None:
+            kwargs["choices"] = f.metadata["choices"].names()
+        parser.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
+
+
+def given(args: argparse.Namespace, cls) -> dict:
+    """The settings of ``cls`` that ``args`` holds (those given, with :func:`add_flags`)."""
+    names = set(setting_names(cls))
+    return {k: v for k, v in vars(args).items() if k in names}

@@ -13,9 +13,9 @@ import math
 import torch
 from torch import nn
 
-from pyro_vae.likelihoods import NormalLikelihood
-from pyro_vae.model import VAE
-from pyro_vae.networks import Decoder, Encoder
+from pyro_vae.models.likelihoods import NormalLikelihood
+from pyro_vae.models import VAE
+from pyro_vae.models.networks import Decoder, Encoder
 
 
 class LinearDecoder(Decoder):

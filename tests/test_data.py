@@ -33,8 +33,8 @@ from pyro_vae.data import (
     prepare_split,
     read_idx,
 )
-from pyro_vae import shapes as shapes_module
-from pyro_vae.shapes import FACTOR_NAMES, SHAPE_CLASSES, make_shapes
+from pyro_vae.data import shapes as shapes_module
+from pyro_vae.data.shapes import FACTOR_NAMES, SHAPE_CLASSES, make_shapes
 
 MNIST_T10K = Path(__file__).resolve().parents[2] / "shared/data/mnist-t10k"
 
@@ -628,7 +628,7 @@ def test_invalid_preprocessing_combinations():
         batch_transform(floats.train, binarize="none", dequantize=True)
     with pytest.raises(ValueError, match="floating"):
         batch_transform(split.train, binarize="none", dtype=torch.int32)
-    assert BINARIZE == ("dynamic", "static", "threshold", "none")
+    assert tuple(BINARIZE) == ("dynamic", "static", "threshold", "none")
 
 
 def test_preprocess_object_matches_the_functions():

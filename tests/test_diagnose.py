@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.cli import main as cli_main
+from pyro_vae.apps.cli import main as cli_main
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig
 from pyro_vae.data import DataFormatError, load_data
-from pyro_vae.diagnose import KINDS, diagnose_data, diagnose_split, format_diagnosis
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.model import build_vae
+from pyro_vae.apps.diagnose import KINDS, diagnose_data, diagnose_split, format_diagnosis
+from pyro_vae.models.likelihoods import LIKELIHOODS
+from pyro_vae.models import build_vae
 from pyro_vae.registry import UnknownNameError
-from pyro_vae.train import check_data, resolve_data
+from pyro_vae.runs import resolve_data
+from pyro_vae.train import check_data
 
 ROOT = Path(__file__).resolve().parents[1]
 N, D = 300, 16
@@ -263,8 +264,8 @@ def test_cli_subprocess_catches_17_levels(tmp_path):
 def test_readme_answers_run(capsys):
     """Every command in the README's "Why is my VAE loss negative?" section parses; the
     diagnose commands on the embedded shapes also run."""
-    from pyro_vae.cli import build_parser
-    from pyro_vae.pitfalls import add_pitfalls_flags, config_from_args
+    from pyro_vae.apps.cli import build_parser
+    from pyro_vae.apps.pitfalls import add_pitfalls_flags, config_from_args
 
     readme = (ROOT / "README.md").read_text()
     section = re.search(r"^## Why is my VAE loss negative\?\n(.*?)(?=^## )", readme,

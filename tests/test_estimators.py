@@ -8,7 +8,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from linear_gaussian import exact_log_px, make_problem, make_vae
-from pyro_vae.estimators import ESTIMATORS, ImportanceWeightedELBO, check_beta, make_estimator
+from pyro_vae.infer.estimators import ESTIMATORS, ImportanceWeightedELBO, check_beta, make_estimator
 from pyro_vae.registry import UnknownNameError
 
 SIGMA = 0.5

@@ -19,20 +19,21 @@ from pyro import poutine
 from linear_gaussian import exact_log_px, make_problem, make_vae
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import Preprocess
-from pyro_vae.evaluate import (
+from pyro_vae.apps.evaluate import evaluate_run
+from pyro_vae.eval import (
     CounterNoise,
-    _bits_per_dim_reason,
     active_units,
     bits_per_dim,
     bytes_per_pair,
     choose_chunks,
     counter_uniform,
     elbo_terms,
-    evaluate_run,
+    evaluate_elbo,
     importance_log_px,
 )
-from pyro_vae.model import build_vae
-from pyro_vae.train import evaluate_elbo, run_training
+from pyro_vae.eval.bounds import bits_per_dim_reason
+from pyro_vae.models import build_vae
+from pyro_vae.runs import run_training
 
 SIGMA = 0.5
 
@@ -229,7 +230,7 @@ def test_elbo_terms_match_evaluate_elbo_in_expectation(problem):
     assert terms.recon.shape == (16,) and terms.kl_per_dim.shape == (16, 3)
     torch.testing.assert_close(terms.elbo, terms.recon - terms.kl)
     ours = terms.elbo.mean().item()
-    # pyro_vae.train.evaluate_elbo: TraceMeanField_ELBO, one particle per datapoint
+    # pyro_vae.eval.evaluate_elbo: TraceMeanField_ELBO, one particle per datapoint
     draws = torch.tensor([evaluate_elbo(vae, x.repeat(50, 1), Preprocess()) for _ in range(20)])
     se = (draws.std() / math.sqrt(len(draws))).item()
     assert abs(ours - draws.mean().item()) < 4 * se + 0.01, (ours, draws.mean(), se)
@@ -271,11 +272,11 @@ def test_bits_per_dim():
     assert bits_per_dim(0.0, 784) == pytest.approx(8.0, abs=1e-12)
     # every nat per datapoint is 1 / (D ln 2) bits/dim less
     assert bits_per_dim(784 * math.log(2), 784) == pytest.approx(7.0)
-    assert _bits_per_dim_reason(build_vae((4,), "normal", latent_dim=2, hidden=(8,)), True) is None
+    assert bits_per_dim_reason(build_vae((4,), "normal", latent_dim=2, hidden=(8,)), True) is None
     bernoulli = build_vae((4,), "bernoulli", latent_dim=2, hidden=(8,))
-    assert "discrete" in _bits_per_dim_reason(bernoulli, True)
+    assert "discrete" in bits_per_dim_reason(bernoulli, True)
     cb = build_vae((4,), "continuous-bernoulli", latent_dim=2, hidden=(8,))
-    assert "dequantized" in _bits_per_dim_reason(cb, False)
+    assert "dequantized" in bits_per_dim_reason(cb, False)
 
 
 # ------------------------------------------------------------------ a run directory, the CLI

@@ -8,15 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from linear_gaussian import LinearDecoder, make_problem
-from pyro_vae.estimators import make_estimator
-from pyro_vae.likelihoods import (
+from pyro_vae.infer.estimators import make_estimator
+from pyro_vae.models.likelihoods import (
     LIKELIHOODS,
     DataSupportError,
     NormalLikelihood,
     make_likelihood,
 )
-from pyro_vae.model import VAE
-from pyro_vae.networks import MLPEncoder
+from pyro_vae.models import VAE
+from pyro_vae.models.networks import MLPEncoder
 from pyro_vae.registry import UnknownNameError
 
 LAMBDAS = [1e-4, 0.3, 0.4999, 0.5, 0.5001, 0.9]

@@ -5,8 +5,8 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_vae.estimators import make_estimator
-from pyro_vae.model import build_vae
+from pyro_vae.infer.estimators import make_estimator
+from pyro_vae.models import build_vae
 
 CASES = [
     ("bernoulli", {}),

@@ -13,19 +13,21 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_vae.model import VAE
-from pyro_vae.pitfalls import (
+from pyro_vae.models import VAE
+from pyro_vae.apps.pitfalls import (
     PITFALLS,
     FixedScaleNormalLikelihood,
     PitfallsConfig,
     UnnormalizedBernoulli,
 )
+from pyro_vae.config import from_flat
+from pyro_vae.models.likelihoods import mse_scale
 from pyro_vae.registry import UnknownNameError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 4, 4)
 D = 16
-CFG = PitfallsConfig(latent_dim=3, hidden=(8,))
+CFG = from_flat(PitfallsConfig(), {"latent_dim": 3, "hidden": (8,)})
 
 
 def _log_C(lam: torch.Tensor) -> torch.Tensor:
@@ -96,7 +98,7 @@ def test_the_bce_program_read_as_a_continuous_bernoulli_gains_exactly_sum_log_c(
 
 @pytest.mark.parametrize("weight", [1.0, 0.5, 4.0])
 def test_a_weighted_squared_error_is_a_normal_with_fixed_sigma(weight):
-    sigma = FixedScaleNormalLikelihood.scale_of_mse_weight(weight)
+    sigma = mse_scale(weight)
     lik = FixedScaleNormalLikelihood((D,), sigma).double()
     mu = torch.randn(1, 1, D, dtype=torch.float64)  # (1, k=1, D)
     x = torch.randn(4, D, dtype=torch.float64)
@@ -104,7 +106,7 @@ def test_a_weighted_squared_error_is_a_normal_with_fixed_sigma(weight):
     weighted_sse = weight * (x - mu[:, 0]).square().sum(-1)
     const = nll - weighted_sse  # D/2 log(2 pi sigma^2), whatever x is
     torch.testing.assert_close(const, torch.full_like(const, D / 2 * math.log(math.pi / weight)))
-    assert abs(FixedScaleNormalLikelihood.scale_of_mse_weight(1.0) - 1 / math.sqrt(2)) < 1e-15
+    assert abs(mse_scale(1.0) - 1 / math.sqrt(2)) < 1e-15
 
 
 def test_log_variance_as_standard_deviation_is_refused_and_exp_half_is_its_reading():

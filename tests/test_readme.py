@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 
-from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.models.likelihoods import LIKELIHOODS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

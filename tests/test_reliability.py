@@ -26,19 +26,14 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae import cli
-from pyro_vae.checkpoint import CheckpointError, safe_load
+from pyro_vae.apps import cli
+from pyro_vae.train.checkpoint import CheckpointError, safe_load
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import Preprocess, load_data
-from pyro_vae.model import build_vae
-from pyro_vae.rundir import RunDirectoryError
-from pyro_vae.train import (
-    NonFiniteLossError,
-    TrainingInterrupted,
-    fit,
-    load_run,
-    run_training,
-)
+from pyro_vae.models import build_vae
+from pyro_vae.train.rundir import RunDirectoryError
+from pyro_vae.runs import load_run, run_training
+from pyro_vae.train import NonFiniteLossError, TrainingInterrupted, fit
 
 SMALL = dict(latent_dim=2, hidden=(8,))
 BIN = Preprocess("dynamic")
@@ -359,14 +354,14 @@ def test_non_finite_loss_names_the_step_and_the_term(tmp_path, network, factor, 
 def test_cli_non_finite_loss_exits_non_zero_with_the_message_on_stderr(
     tmp_path, monkeypatch, capsys, flat_data
 ):
-    import pyro_vae.train as train_module
+    import pyro_vae.runs as runs_module
 
     def faulty(*args, **kwargs):
         vae = build_vae(*args, **kwargs)
         vae.decoder.register_forward_hook(_Calls(3, float("nan")))
         return vae
 
-    monkeypatch.setattr(train_module, "build_vae", faulty)
+    monkeypatch.setattr(runs_module, "build_vae", faulty)
     rc, err = _main(_flat_args(flat_data, "--epochs", 2, "--out", tmp_path / "run"), capsys)
     assert rc == 1
     assert "refused a distribution parameter at step 3 (epoch 1): the reconstruction term" in err
@@ -450,11 +445,14 @@ def test_sigint_to_the_cli_saves_exits_130_and_resume_continues(tmp_path):
 
 _ZYGOTE = textwrap.dedent(
     """
-    # Imports pyro-vae once, then forks one `pyro-vae train` per request, so that many
-    # processes can be started and killed without paying for the imports each time.
+    # Imports pyro-vae (and what a run imports on first use) once, then forks one
+    # `pyro-vae train` per request, so that many processes can be started and killed without
+    # paying for the imports each time.
     import json, os, sys, time
     import torch
-    from pyro_vae import cli, train  # train: the heavy imports (torchvision) happen here, once
+    import torch._dynamo  # imported by the first torch optimizer
+    import torchvision.utils  # imported by the first picture
+    from pyro_vae.apps import cli
 
     for line in sys.stdin:
         request = json.loads(line)

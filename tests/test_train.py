@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.checkpoint import CheckpointError, safe_load
+from pyro_vae.train.checkpoint import CheckpointError, safe_load
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import Preprocess, load_data
-from pyro_vae.model import build_vae
-from pyro_vae.train import NonFiniteLossError, fit, load_run, run_training
+from pyro_vae.models import build_vae
+from pyro_vae.runs import load_run, run_training
+from pyro_vae.train import NonFiniteLossError, fit
 
 SMALL = dict(latent_dim=4, hidden=(32,))
 
@@ -156,7 +157,7 @@ def test_load_run_loads_the_state_asked_for(tmp_path):
 
 
 def test_held_out_elbo_ignores_the_training_kl_weight():
-    from pyro_vae.train import evaluate_elbo
+    from pyro_vae.eval import evaluate_elbo
 
     split = Preprocess("dynamic").prepare(load_data("shapes", num_shapes=64, test_size=64))
     vae = build_vae(split.event_shape, **SMALL)
@@ -275,7 +276,7 @@ def test_validation_is_on_during_training_even_under_python_O(tmp_path):
     code = """
 import torch, pyro.infer.util as u
 from pyro_vae.train import fit
-from pyro_vae.model import build_vae
+from pyro_vae.models import build_vae
 from pyro_vae.config import TrainConfig
 seen = []
 vae = build_vae((4,), "bernoulli", latent_dim=2, hidden=(8,))

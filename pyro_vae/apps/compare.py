@@ -2,19 +2,19 @@
 
 Trains the same model on the same data, for the same number of epochs, once per estimator, K
 and seed (``elbo``, ``meanfield`` and ``stl`` with one particle; ``iwae`` and ``dreg`` with
-each K), all through :func:`pyro_vae.train.run_training`. Then, for each run at its final
+each K), all through :func:`pyro_vae.runs.run_training`. Then, for each run at its final
 parameters:
 
 * the held-out ELBO (analytic KL, beta = 1) after the last epoch, from the run's metrics;
 * the importance-sampled log p(x) with ``iw_samples`` particles
-  (:func:`pyro_vae.evaluate.importance_log_px`) on the run's test split (its first
-  ``num_test`` datapoints), prepared by :func:`pyro_vae.evaluate.evaluation_data`;
+  (:func:`pyro_vae.eval.importance_log_px`) on the run's test split (its first
+  ``num_test`` datapoints), prepared by :func:`pyro_vae.runs.evaluation_data`;
 * seconds per epoch (training plus the held-out ELBO), from ``metrics.jsonl``;
 * the encoder and decoder gradient SNR of the run's own estimator and K
-  (:func:`pyro_vae.gradients.gradient_snr`) on the first ``snr_batch`` test datapoints.
+  (:func:`pyro_vae.eval.gradient_snr`) on the first ``snr_batch`` test datapoints.
 
 Every figure is in nats per datapoint, higher is better, reported as mean +- sd over seeds.
-Finally :func:`~pyro_vae.gradients.gradient_snr` at *fixed* parameters (the final ``meanfield``
+Finally :func:`~pyro_vae.eval.gradient_snr` at *fixed* parameters (the final ``meanfield``
 model of the first seed) for every estimator and every K in ``{1} + ks`` gives the SNR-vs-K
 picture.
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import math
 import statistics
@@ -41,8 +42,21 @@ from typing import Sequence
 
 import torch
 
-from pyro_vae.config import DEVICES, DataConfig, ModelConfig, RunConfig, TrainConfig
-from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.config import (
+    RunConfig,
+    TrainConfig,
+    add_flags,
+    at_least,
+    flat_dict,
+    from_flat,
+    given,
+    section,
+    setting,
+)
+from pyro_vae.eval import gradient_snr, importance_log_px
+from pyro_vae.eval.gradients import plot_snr, snr_noise_floor, snr_table
+from pyro_vae.runs import evaluation_data, run_training
+from pyro_vae.train.rundir import atomic_write_text, default_run_dir, prepare
 
 #: the estimators with one particle, then the importance-weighted ones at every K
 SINGLE_PARTICLE = ("elbo", "meanfield", "stl")
@@ -53,41 +67,32 @@ MIN_SEEDS = 3
 SNR_REFERENCE = "meanfield"
 
 
+#: the run settings that a comparison sets per run, or that its bounds refuse (iwae and dreg
+#: have no KL weight), so ``compare`` does not offer them
+PER_RUN = ("estimator", "particles", "alpha", "seed", "beta", "warmup_epochs")
+
+
 @dataclass(frozen=True)
 class CompareConfig:
     """What to compare, and how hard.
 
-    :param seeds: at least :data:`MIN_SEEDS` distinct training seeds.
-    :param ks: K of ``iwae`` and ``dreg`` (each a separate run).
-    :param iw_samples: K of the importance-sampled log p(x) (Burda et al.: 5000).
-    :param num_test: evaluate log p(x) on the first ``num_test`` test datapoints
-        (``None``: all).
-    :param snr_draws: gradient draws R per SNR estimate.
-    :param snr_batch: test datapoints in the batch the SNR is measured on.
+    :ivar run: the settings every run shares (data, model, optimization); its estimator,
+        particles and seed are set per run.
     """
 
-    dataset: str = "shapes"
-    epochs: int = 10
-    seeds: tuple[int, ...] = (0, 1, 2)
-    ks: tuple[int, ...] = (5, 50)
-    iw_samples: int = 5000
-    num_test: int | None = None
-    snr_draws: int = 100
-    snr_batch: int = 100
-    likelihood: str = "bernoulli"
-    latent_dim: int = 20
-    hidden: tuple[int, ...] = (400,)
-    batch_size: int = 128
-    lr: float = 1e-3
-    num_shapes: int = 10000
-    test_size: int = 1000
-    device: str = "auto"
-    quiet: bool = False
+    seeds: tuple[int, ...] = setting((0, 1, 2), f"training seeds, at least {MIN_SEEDS}")
+    ks: tuple[int, ...] = setting((5, 50), "K of iwae and dreg (each a separate run)")
+    iw_samples: int = setting(5000, "K of the importance-sampled log p(x) (Burda et al.: 5000)")
+    num_test: int | None = setting(
+        None, "evaluate log p(x) on the first N test datapoints", default_text="all"
+    )
+    snr_draws: int = setting(100, "gradient draws R per SNR estimate")
+    snr_batch: int = setting(100, "test datapoints in the batch the SNR is measured on")
+    run: RunConfig = section(lambda: RunConfig(train=TrainConfig(epochs=10)))
 
     def __post_init__(self):
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if len(set(self.seeds)) < MIN_SEEDS or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(
                 f"a comparison needs at least {MIN_SEEDS} distinct seeds (mean +- sd over "
@@ -95,34 +100,26 @@ class CompareConfig:
             )
         if not self.ks or any(k < 1 for k in self.ks) or len(set(self.ks)) != len(self.ks):
             raise ValueError(f"ks must be distinct K >= 1, got {list(self.ks)}")
-        for name in ("epochs", "iw_samples", "snr_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1")
-        if self.snr_draws < 2:
-            raise ValueError("snr-draws must be >= 2")
-        if self.num_test is not None and self.num_test < 1:
-            raise ValueError("num-test must be >= 1")
-        # the run settings validate themselves (latent dim, likelihood, lr, ...)
-        self.run_config("meanfield", 1, self.seeds[0])
+        for name in ("iw_samples", "snr_batch"):
+            at_least(name.replace("_", "-"), getattr(self, name), 1)
+        at_least("snr-draws", self.snr_draws, 2)
+        if self.num_test is not None:
+            at_least("num-test", self.num_test, 1)
+        for estimator, K in self.runs():
+            self.run_config(estimator, K, self.seeds[0])  # every run's settings validate
+
+    @property
+    def quiet(self) -> bool:
+        return self.run.train.quiet
 
     def runs(self) -> list[tuple[str, int]]:
         """``(estimator, K)`` of every compared configuration, in report order."""
         return [(e, 1) for e in SINGLE_PARTICLE] + [(e, k) for e in MULTI_PARTICLE for k in self.ks]
 
     def run_config(self, estimator: str, K: int, seed: int) -> RunConfig:
-        return RunConfig(
-            model=ModelConfig(
-                likelihood=self.likelihood, latent_dim=self.latent_dim, hidden=self.hidden
-            ),
-            data=DataConfig(
-                dataset=self.dataset, num_shapes=self.num_shapes, test_size=self.test_size
-            ),
-            train=TrainConfig(
-                estimator=estimator, particles=K, epochs=self.epochs,
-                batch_size=self.batch_size, lr=self.lr, seed=seed, device=self.device,
-                quiet=self.quiet,
-            ),
-        )
+        """The settings of one run: the shared ones with this estimator, K and seed."""
+        train = dataclasses.replace(self.run.train, estimator=estimator, particles=K, seed=seed)
+        return dataclasses.replace(self.run, train=train)
 
 
 @dataclass
@@ -244,17 +241,12 @@ def run_comparison(config: CompareConfig, out: str | Path | None = None) -> Comp
 
     :param out: output folder (default ``runs/<time>-<dataset>-<likelihood>-compare``).
     """
-    from pyro_vae.evaluate import evaluation_data, importance_log_px
-    from pyro_vae.gradients import gradient_snr, plot_snr, snr_noise_floor, snr_table
-    from pyro_vae.rundir import atomic_write_text, default_run_dir, prepare
-    from pyro_vae.train import run_training
-
     cfg = config
     started = time.perf_counter()
     if out is not None and any((Path(out) / "runs").glob("*/checkpoint.pt")):
         raise FileExistsError(f"{out} already holds a comparison's runs; choose another --out")
     if out is None:
-        out = default_run_dir(cfg.dataset, cfg.likelihood, "compare")
+        out = default_run_dir(cfg.run.data.dataset, cfg.run.model.likelihood, "compare")
     out = prepare(out)
     plan = [(est, K, seed) for seed in cfg.seeds for est, K in cfg.runs()]
     data: dict[int, torch.Tensor] = {}  # seed -> the test split as the model sees it
@@ -319,7 +311,8 @@ def run_comparison(config: CompareConfig, out: str | Path | None = None) -> Comp
     ).savefig(out / "snr.png")
 
     n_test = len(data[cfg.seeds[0]])
-    settings = ", ".join(f"{k}={v}" for k, v in asdict(cfg).items() if k not in ("quiet",))
+    shown = {k: v for k, v in flat_dict(cfg).items() if k not in (*PER_RUN, "quiet")}
+    settings = ", ".join(f"{k}={v}" for k, v in shown.items())
     markdown = f"""# Estimator comparison
 
 Settings: {settings}. Torch threads: {torch.get_num_threads()}. Wall time: {elapsed / 60:.1f} min.
@@ -357,47 +350,16 @@ Files: `comparison.csv`, `runs.csv`, `snr.csv`, `learning_curves.png`, `snr.png`
 
 
 def add_compare_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of ``pyro-vae compare`` and ``experiments/compare_estimators.py``."""
-    d = CompareConfig()
-    p.add_argument("--dataset", default=d.dataset,
-                   help="shapes, mnist, ..., or a path (e.g. ../shared/data/mnist-t10k)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of every run")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds),
-                   help=f"training seeds, at least {MIN_SEEDS}")
-    p.add_argument("--ks", type=int, nargs="+", default=list(d.ks), help="K of iwae and dreg")
-    p.add_argument("--iw-samples", type=int, default=d.iw_samples,
-                   help="K of the importance-sampled log p(x)")
-    p.add_argument("--num-test", type=int, default=d.num_test,
-                   help="evaluate log p(x) on the first N test datapoints (None: all)")
-    p.add_argument("--snr-draws", type=int, default=d.snr_draws,
-                   help="gradient draws R per SNR estimate")
-    p.add_argument("--snr-batch", type=int, default=d.snr_batch,
-                   help="test datapoints in the SNR batch")
-    p.add_argument("--likelihood", choices=LIKELIHOODS.names(), default=d.likelihood)
-    p.add_argument("--latent-dim", type=int, default=d.latent_dim)
-    p.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden))
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--num-shapes", type=int, default=d.num_shapes,
-                   help="training images of the shapes dataset")
-    p.add_argument("--test-size", type=int, default=d.test_size,
-                   help="held-out datapoints when the source has no test split")
-    p.add_argument("--device", choices=DEVICES, default=d.device)
+    """The flags of ``pyro-vae compare`` and ``experiments/compare_estimators.py``: the
+    comparison's settings and every shared run setting (not those of :data:`PER_RUN`)."""
+    add_flags(p, CompareConfig, exclude=PER_RUN)
     p.add_argument("--out", default=None,
                    help="output folder (default: runs/<time>-<dataset>-<likelihood>-compare)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
     """A :class:`CompareConfig` from parsed :func:`add_compare_flags` flags."""
-    return CompareConfig(
-        dataset=args.dataset, epochs=args.epochs, seeds=tuple(args.seeds), ks=tuple(args.ks),
-        iw_samples=args.iw_samples, num_test=args.num_test, snr_draws=args.snr_draws,
-        snr_batch=args.snr_batch, likelihood=args.likelihood, latent_dim=args.latent_dim,
-        hidden=tuple(args.hidden), batch_size=args.batch_size, lr=args.lr,
-        num_shapes=args.num_shapes, test_size=args.test_size, device=args.device,
-        quiet=args.quiet,
-    )
+    return from_flat(CompareConfig(), given(args, CompareConfig))
 
 
 def report_comparison(config: CompareConfig, out: str | Path | None = None) -> int:

@@ -1,5 +1,5 @@
 """STL and DReG against closed forms and against the estimators they must agree with in
-expectation; gradient SNR (the Rainforth et al. effect); the comparison harness, end to end.
+expectation, and their refusals.
 
 Statistical checks use paired draws (the same seed for both estimators, so the same z) and
 tolerances from the measured spread of the draws, with enough draws that the checks also
@@ -7,14 +7,7 @@ detect a wrong estimator (``test_dreg_and_iwae_gradients_have_the_same_expectati
 that the same check rejects the biased IWAE-with-STL-gradient).
 """
 
-import csv
 import math
-import os
-import re
-import shlex
-import subprocess
-import sys
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -22,15 +15,12 @@ import pytest
 import torch
 
 from linear_gaussian import exact_log_px, make_problem, make_vae
-from pyro_vae.cli import build_parser, main as cli_main
 from pyro_vae.config import TrainConfig
-from pyro_vae.estimators import (
+from pyro_vae.infer.estimators import (
     ESTIMATORS, DReGELBO, ImportanceWeightedELBO, StickingTheLandingELBO, make_estimator,
 )
-from pyro_vae.gradients import gradient_snr, plot_snr, snr_table
 
 SIGMA = 0.5
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +47,7 @@ def _loss_and_grads(vae, name, K, x, seed):
 
 def _flat(grads: dict, prefix: str) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for n, g in grads.items() if n.startswith(prefix)])
+
 
 
 # ----------------------------------------------------------------------- exactness
@@ -181,63 +172,6 @@ def test_stl_and_elbo_gradients_have_the_same_expectation_with_a_kl_weight():
     assert (g["stl"][:, :n_enc].var(0) < g["elbo"][:, :n_enc].var(0)).all()
 
 
-# ----------------------------------------------------------------------- gradient SNR
-
-
-def test_rainforth_effect_iwae_encoder_snr_falls_with_k_and_dregs_does_not():
-    W, b, x = make_problem(sigma=SIGMA, n=64)
-    vae = make_vae(W, b, SIGMA, loc_shift=0.4, scale_factor=1.6)
-    ks = (1, 10, 100)
-    rows = gradient_snr(vae, x, ["iwae", "dreg"], ks, R=400, groups={"encoder": vae.encoder})
-    snr = {(r.estimator, r.K): (r.snr, r.snr_se) for r in rows}
-    # R is large enough that every SNR is known to within 20% (se is an upper bound)
-    for key, (s, se) in snr.items():
-        assert se / s < 0.2, (key, s, se)
-
-    def log_ratio(est, k_lo, k_hi):
-        (s1, se1), (s2, se2) = snr[(est, k_lo)], snr[(est, k_hi)]
-        return math.log(s2 / s1), math.hypot(se1 / s1, se2 / s2)
-
-    # IWAE: O(1/sqrt(K)) predicts a factor 0.32 per decade; require < 0.6 with 3 se to spare
-    for k_lo, k_hi in [(1, 10), (10, 100)]:
-        r, se = log_ratio("iwae", k_lo, k_hi)
-        assert r + 3 * se < math.log(0.6), (k_lo, k_hi, math.exp(r), se)
-    # DReG: no decrease from K = 1 to K = 100 (at least 0.8 of the K = 1 SNR, 3 se to spare)
-    r, se = log_ratio("dreg", 1, 100)
-    assert r - 3 * se > math.log(0.8), (math.exp(r), se)
-
-
-def test_gradient_snr_summarizes_the_draws():
-    W, b, x = make_problem(sigma=SIGMA)
-    vae = make_vae(W, b, SIGMA, loc_shift=0.3, scale_factor=0.7)
-    R = 7
-    rows = gradient_snr(vae, x, "iwae", [3], R=R, seed=11)
-    assert [(r.estimator, r.K, r.group) for r in rows] == [
-        ("iwae", 3, "encoder"), ("iwae", 3, "decoder")]
-    # the same draws by hand: seed 11 in a forked RNG, one gradient per draw
-    groups = {"encoder": list(vae.encoder.parameters()),
-              "decoder": list(vae.decoder.parameters()) + list(vae.likelihood.parameters())}
-    est = make_estimator("iwae", 3)
-    torch.manual_seed(11)
-    draws = {g: [] for g in groups}
-    for _ in range(R):
-        loss = est.differentiable_loss(vae.model, vae.guide, x) / len(x)
-        for g, params in groups.items():
-            grads = torch.autograd.grad(loss, params, retain_graph=True)
-            draws[g].append(torch.cat([t.reshape(-1) for t in grads]))
-    for row in rows:
-        d = torch.stack(draws[row.group])  # (R, P)
-        assert row.num_params == d.shape[1] and row.draws == R
-        assert row.snr == pytest.approx((d.mean(0).abs() / d.std(0)).mean().item(), rel=1e-9)
-        assert row.variance == pytest.approx(d.var(0).mean().item(), rel=1e-9)
-        assert 0 < row.snr_se < row.snr
-    table = snr_table(rows)
-    assert table.splitlines()[2].startswith("| iwae | 3 | ")
-    fig = plot_snr(rows)
-    assert [ax.get_xscale() for ax in fig.axes] == ["log", "log"]
-    with pytest.raises(ValueError, match="R must be >= 2"):
-        gradient_snr(vae, x, "iwae", [3], R=1)
-
 
 # ----------------------------------------------------------------------- registry and refusals
 
@@ -282,55 +216,3 @@ def test_path_estimators_refuse_guides_they_cannot_detach(name):
 
     with pytest.raises(NotImplementedError, match="Normal and Independent"):
         make_estimator(name, 2).differentiable_loss(model, guide, x)
-
-
-# ----------------------------------------------------------------------- the harness
-
-
-def test_compare_needs_three_seeds(capsys):
-    assert cli_main(["compare", "--seeds", "0", "1", "--out", "unused"]) == 2
-    assert "at least 3 distinct seeds" in capsys.readouterr().err
-
-
-def test_compare_script_smoke(tmp_path):
-    out = tmp_path / "cmp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "error::DeprecationWarning"}
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "compare_estimators.py"),
-         "--dataset", "shapes", "--num-shapes", "256", "--test-size", "40", "--epochs", "1",
-         "--seeds", "0", "1", "2", "--ks", "2", "--iw-samples", "8", "--snr-draws", "3",
-         "--snr-batch", "16", "--latent-dim", "2", "--hidden", "8", "--batch-size", "64",
-         "--out", str(out), "--quiet"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
-    )
-    assert res.returncode == 0, res.stderr
-    for name in ("comparison.md", "comparison.csv", "runs.csv", "snr.csv", "learning_curves.png",
-                 "snr.png"):
-        assert (out / name).is_file(), name
-    with open(out / "comparison.csv") as f:
-        table = list(csv.DictReader(f))
-    assert [(r["estimator"], r["K"]) for r in table] == [
-        ("elbo", "1"), ("meanfield", "1"), ("stl", "1"), ("iwae", "2"), ("dreg", "2")]
-    for r in table:
-        assert r["seeds"] == "3"
-        for key in ("test_elbo_mean", "log_px_mean", "encoder_snr_mean", "decoder_snr_mean"):
-            assert math.isfinite(float(r[key])), (r["estimator"], key)
-    with open(out / "snr.csv") as f:
-        snr = list(csv.DictReader(f))
-    assert len(snr) == 5 * 2 * 2  # estimators x K in {1, 2} x groups
-    assert "| dreg | 2 |" in (out / "comparison.md").read_text()
-    assert "| dreg | 2 |" in res.stdout
-
-
-def test_readme_compare_section_runs(tmp_path, monkeypatch, capsys):
-    readme = (ROOT / "README.md").read_text()
-    section = re.search(r"^## Compare estimators\n(.*?)(?=^## )", readme, re.S | re.M).group(1)
-    (command,) = re.findall(r"```bash\n(.*?)\n```", section, re.S)
-    argv = shlex.split(command.replace("\\\n", " "))
-    assert argv[:2] == [".venv/bin/pyro-vae", "compare"]
-    build_parser().parse_args(argv[1:])  # the documented flags exist
-    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
-    monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {})
-    assert "| dreg | 10 |" in capsys.readouterr().out
-    assert (tmp_path / "snr.png").is_file()

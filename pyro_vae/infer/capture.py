@@ -37,12 +37,16 @@ from typing import Callable, Iterator
 
 import pyro
 import torch
+from pyro import util as pyro_util
+from pyro.infer import util as pyro_infer_util
 from pyro.poutine.runtime import _PYRO_STACK
 from torch import nn
 from torch.nn.modules import module as module_globals
 
+from pyro_vae.registry import Registry
+
 #: how the training step runs the estimator's loss
-CAPTURE_MODES = ("graph", "compile", "off")
+CAPTURE_MODES: Registry[None] = Registry.of("capture mode", ("graph", "compile", "off"))
 
 _MAKE_FX_OPTIONS = {"pre_dispatch": True, "_error_on_data_dependent_ops": True}
 
@@ -87,35 +91,35 @@ def _detached(x):
 
 _RECORDING = threading.Lock()  # the patch below is process-wide: one recording at a time
 
+#: Pyro's functions that read a value back to Python, and what stands in for them while
+#: recording: the detached tensor, or the value passed through
+_READS = {
+    "torch_item": (pyro_infer_util.torch_item, _detached),
+    "warn_if_nan": (pyro_util.warn_if_nan, _passthrough),
+    "warn_if_inf": (pyro_util.warn_if_inf, _passthrough),
+}
+
 
 @contextlib.contextmanager
-def _recordable_pyro() -> Iterator[None]:
+def _recordable(estimator) -> Iterator[None]:
     """While recording: Pyro's ``torch_item`` returns the detached tensor and its NaN/inf
-    warnings pass values through, so no value is read back to Python.
+    warnings pass values through, in the modules that define ``estimator``'s class and its
+    bases (``pyro.infer.trace_elbo``, ...), so no value is read back to Python.
 
     Pyro's estimators read loss values with ``torch_item`` (``.item()``) and return
     ``loss + (surrogate - item(surrogate))``, and warn about a NaN loss by testing it in Python.
     Recorded, a read would become the first batch's number in every later step (the recorder
     refuses any such read); detached tensors keep the value exact, as Pyro's own JIT estimators
     do while tracing, and the non-finite check happens on the device instead (see
-    :func:`pyro_vae.train.fit`). The modules that imported these functions by name are patched
-    and restored, under a lock.
+    :func:`pyro_vae.train.fit`). The names those modules imported are patched and restored,
+    under a lock; a read anywhere else makes the recording fail, and the program runs eagerly.
     """
-    from pyro import util as pyro_util
-    from pyro.infer import util as infer_util
-
-    replacements = {
-        "torch_item": (infer_util.torch_item, _detached),
-        "warn_if_nan": (pyro_util.warn_if_nan, _passthrough),
-        "warn_if_inf": (pyro_util.warn_if_inf, _passthrough),
-    }
+    modules = {sys.modules[c.__module__] for c in type(estimator).__mro__} - {None}
     with _RECORDING:
         patched = []
-        for name, module in list(sys.modules.items()):
-            if module is None or not name.startswith(("pyro.", "pyro_vae.")):
-                continue
-            namespace = vars(module)  # read without triggering lazy imports
-            for attr, (original, replacement) in replacements.items():
+        for module in modules:
+            namespace = vars(module)
+            for attr, (original, replacement) in _READS.items():
                 if namespace.get(attr) is original:
                     setattr(module, attr, replacement)
                     patched.append((module, attr, original))
@@ -219,7 +223,7 @@ class _Program(nn.Module):
 class CapturedLoss:
     """``loss(x)``: the estimator's ``differentiable_loss(vae.model, vae.guide, x)``, replayed.
 
-    :param vae: a :class:`~pyro_vae.model.VAE` (anything with ``model``/``guide`` methods and
+    :param vae: a :class:`~pyro_vae.models.VAE` (anything with ``model``/``guide`` methods and
         parameters).
     :param estimator: a Pyro ELBO with ``differentiable_loss``.
     :param mode: ``"graph"`` (record and replay), ``"compile"`` (record, then
@@ -227,8 +231,6 @@ class CapturedLoss:
         size; its first call compiles, tens of seconds on a small CPU; other shapes, such as
         an epoch's last smaller batch, replay their plain graph) or ``"off"`` (run the Pyro
         program every call).
-    :param capturable: ``False`` with a reason string when the estimator is known not to be
-        representable as a graph; it then runs eagerly.
 
     Graphs are kept per batch shape, dtype, device, KL weight and train/eval mode; the
     parameters and buffers are inputs of the graph, so optimizer updates, in-place
@@ -249,10 +251,8 @@ class CapturedLoss:
         before the loop, and the loss for finiteness, as :func:`fit` does.
     """
 
-    def __init__(self, vae: nn.Module, estimator, mode: str = "graph",
-                 capturable: bool | str = True):
-        if mode not in CAPTURE_MODES:
-            raise ValueError(f"unknown capture mode {mode!r}; choose one of {CAPTURE_MODES}")
+    def __init__(self, vae: nn.Module, estimator, mode: str = "graph"):
+        CAPTURE_MODES.check(mode)
         self.vae, self.estimator = vae, estimator
         self.requested = mode
         self._program = _Program(vae, estimator)
@@ -266,8 +266,6 @@ class CapturedLoss:
         self._compiled = False
         if mode == "off":
             self._why_eager = "capture is off"
-        elif capturable is not True:
-            self._why_eager = str(capturable)
         elif not _make_fx_supported():
             self._why_eager = "this torch's make_fx cannot record above autograd"
 
@@ -312,7 +310,7 @@ class CapturedLoss:
         devices = [x.device] if x.is_cuda else []
         try:
             # Pyro's checks read values back to Python: they run in the verification below
-            with torch.random.fork_rng(devices=devices), _recordable_pyro(), \
+            with torch.random.fork_rng(devices=devices), _recordable(self.estimator), \
                     pyro.validation_enabled(False):
                 graph = make_fx(loss_of, **_MAKE_FX_OPTIONS)(
                     [t.detach() for t in self._tensors], x

@@ -1,4 +1,5 @@
-"""The run directory: a folder a person (or ``pyro-vae evaluate``) can reopen.
+"""The run directory: a folder a person (or ``pyro-vae evaluate``) can reopen, every file of
+it written atomically.
 
 Layout::
 
@@ -19,15 +20,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
 import subprocess
+import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import pyro
 import torch
-
-from pyro_vae.checkpoint import atomic_write
 
 METRIC_FIELDS = ("epoch", "step", "train_elbo", "test_elbo", "seconds", "lr", "beta")
 
@@ -50,8 +52,33 @@ def default_run_dir(dataset: str, likelihood: str, estimator: str, root: str = "
     return Path(root) / f"{stamp}-{name}-{likelihood}-{estimator}"
 
 
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it over ``path``
+    and fsync the folder: readers see the old file or the new one, never a part of one.
+
+    The temporary file is named ``.<target>.<random>.tmp`` and removed if ``write`` fails;
+    one that a killed process left behind is removed by :func:`remove_stale_temp_files`.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (see :func:`~pyro_vae.checkpoint.atomic_write`)."""
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
@@ -101,7 +128,7 @@ def prepare(run_dir: str | Path) -> Path:
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     """Delete the temporary files of writes that a killed process left behind.
 
-    :func:`~pyro_vae.checkpoint.atomic_write` names them ``.<target>.<random>.tmp``; a
+    :func:`atomic_write` names them ``.<target>.<random>.tmp``; a
     finished write renames its file, so any that remain belong to a dead writer.
     """
     stale = sorted(run_dir.glob(".*.tmp"))

@@ -19,8 +19,12 @@ dreg       :class:`DReGELBO`, IWAE with DReG gradients (Tucker et al.)    no
 ``stl`` and ``dreg`` change only the gradient: their values are ``elbo``'s and ``iwae``'s for
 the same sample. Pyro itself has neither (pyro-ppl/pyro issue 2598).
 
-Pyro's own ``RenyiELBO`` is not used: it has no ``differentiable_loss`` and takes the
-log-sum-exp over particles of the *whole batch's* scaled log weight, not per datapoint.
+Pyro's own ``RenyiELBO`` computes the same bound: with vectorized particles its log-sum-exp
+runs over the particles of each datapoint, and on the same draws its loss equals ours (a tested
+identity). It is not used because it has no ``differentiable_loss`` (so no torch optimizer, no
+recorded graph, no ``estimator(model, guide)(x)``), and because evaluation and DReG need the
+per-particle, per-datapoint log weights that :meth:`ImportanceWeightedELBO.log_weights`
+returns.
 ``JitTraceMeanField_ELBO`` is not exposed: in Pyro 1.9.2 its cache check tests the wrong
 attribute, so it re-traces on every step.
 """
@@ -66,7 +70,7 @@ class ImportanceWeightedELBO(ELBO):
         ``alpha < 0``: no longer a lower bound.
     :param int num_particles: K.
     :param int max_plate_nesting: plates in the model besides the particle plate (1 for the
-        ``data`` plate of :class:`~pyro_vae.model.VAE`).
+        ``data`` plate of :class:`~pyro_vae.models.VAE`).
 
     .. warning:: A KL weight (beta) has no meaning inside the log-mean-exp: every site must carry
         the same scale. A model run with ``beta != 1`` is refused with a ``ValueError``.
@@ -201,7 +205,7 @@ def detach_params(fn: torch.distributions.Distribution) -> torch.distributions.D
     Its log density at a reparameterized sample ``z`` then carries gradient to the guide's
     parameters only through ``z`` (the path derivative), not through the parameters directly
     (the score). Supported: ``Normal`` and ``Independent`` of a supported distribution (the
-    guide family of :class:`~pyro_vae.model.VAE`).
+    guide family of :class:`~pyro_vae.models.VAE`).
 
     :raises NotImplementedError: for any other distribution; a generic copy could keep a
         cached, still attached parameter (``MultivariateNormal``'s Cholesky factor, say) and
@@ -243,7 +247,7 @@ class StickingTheLandingELBO(Trace_ELBO):
         or ``Independent(Normal)``; otherwise :class:`NotImplementedError`.
 
     .. warning:: The path derivative is unbiased for a guide whose latent sites do not depend on
-        each other (the amortized mean-field guide of :class:`~pyro_vae.model.VAE`). For a
+        each other (the amortized mean-field guide of :class:`~pyro_vae.models.VAE`). For a
         hierarchical guide the detached parameters also cut the dependence of one site's
         parameters on an earlier site's value, and the gradient is biased.
 
@@ -308,7 +312,7 @@ class DReGELBO(ImportanceWeightedELBO):
 
     .. warning:: The guide must be reparameterizable, with ``Normal`` or
         ``Independent(Normal)`` sites whose parameters do not depend on other latent sites
-        (as in :class:`~pyro_vae.model.VAE`), and the model must not share parameters with the
+        (as in :class:`~pyro_vae.models.VAE`), and the model must not share parameters with the
         guide: the hook rescales every gradient that reaches ``z``.
 
     .. warning:: No KL weight: ``beta != 1`` is refused with a ``ValueError``, as for ``iwae``.
@@ -365,8 +369,6 @@ class EstimatorSpec:
     description: str
     #: whether a KL weight beta != 1 is meaningful for this estimator
     supports_beta: bool = True
-    #: ``True``, or why its loss cannot be recorded as a graph (see :mod:`pyro_vae.capture`)
-    capturable: bool | str = True
 
 
 ESTIMATORS: Registry[EstimatorSpec] = Registry("estimator")
@@ -429,8 +431,6 @@ _register(
         ),
         "IWAE bound with doubly reparameterized (DReG) encoder gradients",
         supports_beta=False,
-        capturable="DReG reweights the encoder's gradient with autograd hooks, which a "
-        "recorded graph does not keep",
     )
 )
 

@@ -30,7 +30,7 @@ for _name, _cls in [
     ("softplus", nn.Softplus),
     ("leaky-relu", nn.LeakyReLU),
 ]:
-    ACTIVATIONS.register(_name)(_cls)
+    ACTIVATIONS.add(_name, _cls)
 
 #: Smallest guide standard deviation; keeps log q finite when the encoder saturates.
 MIN_SCALE = 1e-5
@@ -207,7 +207,25 @@ class ConvDecoder(Decoder):
         return self.deconv(h).reshape(*batch, *self.out_shape)
 
 
-ARCHITECTURES = ("mlp", "conv")
+def _mlp_networks(data_shape, param_shape, latent_dim, hidden, activation):
+    return (
+        MLPEncoder(data_shape, latent_dim, hidden, activation),
+        MLPDecoder(latent_dim, param_shape, tuple(reversed(hidden)), activation),
+    )
+
+
+def _conv_networks(data_shape, param_shape, latent_dim, hidden, activation):
+    return (
+        ConvEncoder(data_shape, latent_dim, hidden, activation),
+        ConvDecoder(latent_dim, param_shape, tuple(reversed(hidden)), activation),
+    )
+
+
+#: ``arch`` -> ``(data_shape, param_shape, latent_dim, hidden, activation) -> (encoder,
+#: decoder)``; the decoder mirrors the encoder's hidden sizes
+ARCHITECTURES: Registry[Callable[..., tuple[Encoder, Decoder]]] = Registry("arch", sort=False)
+ARCHITECTURES.add("mlp", _mlp_networks)
+ARCHITECTURES.add("conv", _conv_networks)
 
 
 def make_networks(
@@ -218,19 +236,10 @@ def make_networks(
     hidden: Sequence[int] = (400,),
     activation: str = "relu",
 ) -> tuple[Encoder, Decoder]:
-    """Encoder and decoder of architecture ``arch`` (``mlp`` or ``conv``).
+    """Encoder and decoder of the architecture registered as ``arch`` (``mlp`` or ``conv``).
 
     :param data_shape: shape of one datapoint.
     :param param_shape: decoder output per datapoint, ``likelihood.param_shape``.
+    :raises UnknownNameError: for an unknown ``arch``, listing the valid ones.
     """
-    if arch == "mlp":
-        return (
-            MLPEncoder(data_shape, latent_dim, hidden, activation),
-            MLPDecoder(latent_dim, param_shape, tuple(reversed(hidden)), activation),
-        )
-    if arch == "conv":
-        return (
-            ConvEncoder(data_shape, latent_dim, hidden, activation),
-            ConvDecoder(latent_dim, param_shape, tuple(reversed(hidden)), activation),
-        )
-    raise ValueError(f"unknown arch {arch!r}; valid choices: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES.get(arch)(data_shape, param_shape, latent_dim, hidden, activation)

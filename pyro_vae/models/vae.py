@@ -3,7 +3,7 @@
 Generative model ``p(x, z) = N(z; 0, I) p(x | decoder(z))`` and guide
 ``q(z | x) = N(z; loc(x), diag(scale(x)^2))``, both over a ``data`` plate. The loss is never
 written here: any Pyro ELBO estimator turns ``(model, guide)`` into one (see
-:mod:`pyro_vae.estimators`).
+:mod:`pyro_vae.infer.estimators`).
 
 Sites: ``z`` (latent, shape ``(batch, latent_dim)``, event dim 1) and ``x`` (observed, shape
 ``(batch, *event_shape)``). With vectorized particles every site gains a leading particle
@@ -21,8 +21,8 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyro_vae.likelihoods import Likelihood, make_likelihood
-from pyro_vae.networks import Decoder, Encoder, make_networks
+from pyro_vae.models.likelihoods import Likelihood, make_likelihood
+from pyro_vae.models.networks import Decoder, Encoder, make_networks
 
 
 class VAE(nn.Module):
@@ -173,7 +173,7 @@ def evaluation_mode(vae: VAE) -> Iterator[None]:
 def build_vae(
     event_shape: Sequence[int],
     likelihood: str = "bernoulli",
-    latent_dim: int = 50,
+    latent_dim: int = 20,
     hidden: Sequence[int] = (400,),
     arch: str = "mlp",
     activation: str = "relu",

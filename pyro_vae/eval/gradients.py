@@ -36,8 +36,8 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from pyro_vae.estimators import make_estimator
-from pyro_vae.model import VAE
+from pyro_vae.infer import make_estimator
+from pyro_vae.models import VAE
 
 ParamGroup = nn.Module | Iterable[nn.Parameter]
 

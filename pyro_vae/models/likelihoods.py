@@ -111,6 +111,12 @@ class Likelihood(nn.Module):
     params_per_dim: int = 1
     #: Registered name (set by the subclass).
     name: str = ""
+    #: How ``pyro-vae train`` binarizes data for this likelihood unless told otherwise
+    #: (``"none"``: grey levels stay grey; see :class:`~pyro_vae.data.Preprocess`).
+    default_binarize: str = "none"
+    #: Whether 8-bit levels are dequantized, ``(k + u) / 256``, unless told otherwise (when
+    #: nothing is binarized): right for a density, wrong for a probability mass function.
+    dequantize_8bit: bool = True
 
     def __init__(self, event_shape: Sequence[int]):
         super().__init__()
@@ -160,6 +166,8 @@ class BernoulliLikelihood(Likelihood):
     """
 
     name = "bernoulli"
+    default_binarize = "dynamic"
+    dequantize_8bit = False
 
     def distribution(self, params: torch.Tensor) -> dist.TorchDistribution:
         return _Bernoulli(logits=self.component(params, 0)).to_event(self.event_dim)
@@ -197,7 +205,19 @@ class ContinuousBernoulliLikelihood(Likelihood):
         _check_unit_interval(x)
 
 
-SCALE_MODES = ("shared", "per-pixel", "decoder")
+#: how the ``normal`` likelihood parameterizes sigma
+SCALE_MODES: Registry[None] = Registry.of("normal scale", ("shared", "per-pixel", "decoder"))
+
+
+def mse_scale(weight: float = 1.0) -> float:
+    """sigma of the Normal that a weighted sum of squared errors is.
+
+    ``weight * sum_d (x_d - mu_d)^2 = -log N(x; mu, sigma^2 I) + const`` with
+    ``sigma = 1 / sqrt(2 weight)``: 0.71 for a plain summed MSE.
+    """
+    if not weight > 0:
+        raise ValueError(f"the MSE weight must be > 0, got {weight}")
+    return 1.0 / math.sqrt(2.0 * weight)
 
 
 def softclip(t: torch.Tensor, low: float) -> torch.Tensor:
@@ -244,10 +264,7 @@ class NormalLikelihood(Likelihood):
         min_log_scale: float = -6.0,
     ):
         super().__init__(event_shape)
-        if scale not in SCALE_MODES:
-            raise ValueError(
-                f"unknown normal scale {scale!r}; valid choices: {', '.join(SCALE_MODES)}"
-            )
+        SCALE_MODES.check(scale)
         if not init_scale > math.exp(min_log_scale):
             raise ValueError(
                 f"init_scale={init_scale} must exceed the lower bound exp({min_log_scale})"

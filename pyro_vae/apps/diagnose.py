@@ -8,15 +8,14 @@ on the classic hand-written-loss mistakes that fit these data. :func:`format_dia
 it into the report that ``pyro-vae diagnose`` prints.
 
 A verdict is not an if-chain over likelihood names: every likelihood in
-:data:`~pyro_vae.likelihoods.LIKELIHOODS` is built, the data are prepared exactly as
+:data:`~pyro_vae.models.LIKELIHOODS` is built, the data are prepared exactly as
 ``pyro-vae train`` would prepare them for it (its default ``--binarize``/``--dequantize``, or
 the ones given), and the likelihood's own support check (the one training runs) decides;
 its message says what to do. Whether a likelihood is a probability mass function or a density
 is read from its distribution's ``support``.
 
-.. warning:: The preprocessing defaults mirror :func:`pyro_vae.train.resolve_data`: the
-    trainer's defaults come from :meth:`~pyro_vae.config.DataConfig.resolved`, and
-    dequantization defaults to off for data that are not 8-bit.
+The preprocessing defaults are the trainer's own: :meth:`~pyro_vae.config.DataConfig.resolved`,
+as :func:`pyro_vae.runs.resolve_data` applies them.
 """
 
 from __future__ import annotations
@@ -30,9 +29,13 @@ from types import MappingProxyType
 import torch
 
 from pyro_vae.config import DataConfig
-from pyro_vae.data import DataSplit, Preprocess, _as_data_array, _to_tensor
-from pyro_vae.likelihoods import LIKELIHOODS, make_likelihood
-from pyro_vae.pitfalls import MSE_SIGMA
+from pyro_vae.data import DataSplit, Preprocess, as_loaded
+from pyro_vae.models import LIKELIHOODS, make_likelihood
+from pyro_vae.models.likelihoods import mse_scale
+from pyro_vae.train.checks import CHECK_CHUNK
+
+#: sigma of the Normal that a plain (weight 1) sum of squared errors is
+MSE_SIGMA = mse_scale(1.0)
 
 KINDS: Mapping[str, str] = MappingProxyType(
     {
@@ -53,8 +56,6 @@ KINDS: Mapping[str, str] = MappingProxyType(
 LOW_LEVELS_MAX = 127
 #: data with at most this many distinct values are discrete to a density
 DISCRETE_VALUES = 256
-#: datapoints per chunk of the support check (as :data:`pyro_vae.train.CHECK_CHUNK`)
-_CHUNK = 8192
 
 
 @dataclass(frozen=True)
@@ -167,17 +168,6 @@ class Diagnosis:
 # ----------------------------------------------------------------------- inspection
 
 
-def _as_loaded(x) -> torch.Tensor:
-    """``x`` as :func:`~pyro_vae.data.load_data` would hold it: uint8 or float32,
-    ``(N, D)`` or ``(N, C, H, W)``; the loader's errors for anything else.
-
-    A tensor takes the same checks as an array (no fast path: a channels-last or empty
-    tensor is refused exactly as the loader refuses it)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return _to_tensor(_as_data_array(x, "the data"))
-
-
 def _distinct(x: torch.Tensor) -> torch.Tensor:
     """Sorted distinct values (a bincount for 8-bit levels)."""
     if x.dtype == torch.uint8:
@@ -211,12 +201,10 @@ def _describe_preprocessing(binarize: str, dequantize: bool, is_8bit: bool) -> s
 def _trainer_preprocessing(
     likelihood: str, is_8bit: bool, binarize: str | None, dequantize: bool | None
 ) -> tuple[str, bool]:
-    """``(binarize, dequantize)`` as :func:`pyro_vae.train.resolve_data` resolves them."""
-    resolved = DataConfig(binarize=binarize, dequantize=dequantize).resolved(likelihood)
-    deq = bool(resolved.dequantize)
-    if dequantize is None and not is_8bit:
-        deq = False  # the trainer's rule: no default dequantization of non-8-bit data
-    return resolved.binarize, deq
+    """``(binarize, dequantize)`` as the trainer resolves them
+    (:meth:`~pyro_vae.config.DataConfig.resolved`, as :func:`pyro_vae.runs.resolve_data`)."""
+    resolved = DataConfig(binarize=binarize, dequantize=dequantize).resolved(likelihood, is_8bit)
+    return resolved.binarize, bool(resolved.dequantize)
 
 
 def _verdict(
@@ -240,8 +228,8 @@ def _verdict(
         prepared = pre.prepare(split).train  # (N, *event_shape)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for i in range(0, len(prepared), _CHUNK):
-                lik.check_support(pre(prepared[i : i + _CHUNK]))
+            for i in range(0, len(prepared), CHECK_CHUNK):
+                lik.check_support(pre(prepared[i : i + CHECK_CHUNK]))
     except ValueError as e:  # DataSupportError, or preprocessing these data do not allow
         return Verdict(name, False, b, deq, words, str(e), discrete=discrete)
 
@@ -423,7 +411,7 @@ def diagnose_data(
     :param seed: seed of the binarization and dequantization draws of the support check.
     :raises DataFormatError: data the loader refuses (bad shape or dtype, NaN, ...).
     """
-    x = _as_loaded(x)
+    x = as_loaded(x)
     values = _distinct(x)  # (V,) sorted, float64
     kind = _kind(x, values)
     flat = x.reshape(len(x), -1)  # (N, D)

@@ -1,0 +1,229 @@
+"""Command line: ``pyro-vae train | evaluate | sample | compare | diagnose`` (also
+``python -m pyro_vae``).
+
+The flags of ``train``, ``evaluate``, ``compare`` and ``diagnose`` are the fields of their
+configuration dataclasses (:func:`pyro_vae.config.add_flags`). For ``train``, settings come
+from the dataclass defaults, then ``--config FILE.toml`` (flat keys as the flags), then the
+flags given; a later source wins. ``--resume RUN_DIR`` starts from the run's saved
+configuration instead of the defaults.
+
+Exit status: 0 done; 1 an error, as one line on stderr (no traceback); 2 invalid settings;
+130 interrupted by Ctrl-C after saving a checkpoint (``train``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from pyro_vae.apps.compare import add_compare_flags, config_from_args, report_comparison
+from pyro_vae.apps.diagnose import diagnose_split, format_diagnosis
+from pyro_vae.apps.evaluate import EvalConfig, evaluate_run
+from pyro_vae.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    add_flags,
+    from_flat,
+    given,
+)
+from pyro_vae.eval.plots import save_grid
+from pyro_vae.eval.report import text_table
+from pyro_vae.models import LIKELIHOODS
+from pyro_vae.runs import CHECKPOINTS, load_run, load_split, run_config, run_training
+from pyro_vae.train import CheckpointError, NonFiniteLossError, TrainingInterrupted
+
+_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a VAE", formatter_class=_FORMAT,
+                       description="Train a VAE and write a run directory.")
+    for title, section in (("data", DataConfig), ("model", ModelConfig), ("training", TrainConfig)):
+        add_flags(p.add_argument_group(title), section)
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=None,
+                   help="run directory (default: runs/<time>-<dataset>-<likelihood>-<estimator>)")
+    g.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue the run in RUN_DIR where it stopped")
+    g.add_argument("--config", metavar="FILE.toml", default=None,
+                   help="settings file (flat keys as the flags); flags override it")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", formatter_class=_FORMAT,
+        help="importance-sampled log p(x), ELBO terms, active units and bits/dim of a run",
+        description="Writes RUN_DIR/summary.json, report.md, report.html and evaluation/*.png. "
+                    "Every figure is in nats per datapoint, higher is better.",
+    )
+    p.add_argument("run_dir")
+    add_flags(p, EvalConfig, exclude=("elbo_particles",))
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="draw samples from a trained run", formatter_class=_FORMAT)
+    p.add_argument("run_dir")
+    p.add_argument("--num", type=int, default=64, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--which", default="best", choices=CHECKPOINTS.names())
+    p.add_argument("--output", default=None,
+                   help="PNG path (default: RUN_DIR/samples-<seed>.png)")
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare", formatter_class=_FORMAT,
+        help="train and compare elbo, meanfield, stl, iwae and dreg over seeds",
+        description="Trains every estimator (iwae and dreg at each --ks) with each of at least 3 "
+                    "--seeds, then writes comparison.md/.csv (test ELBO, importance-sampled "
+                    "log p(x), seconds per epoch, gradient SNR; mean +- sd over seeds), "
+                    "learning_curves.png and snr.png into --out.",
+    )
+    add_compare_flags(p)
+
+
+def _add_diagnose(sub) -> None:
+    p = sub.add_parser(
+        "diagnose", formatter_class=_FORMAT,
+        help="inspect data: which likelihoods fit them, the units, and the loss mistakes they "
+             "invite",
+        description="Loads --dataset as `pyro-vae train` would and reports its kind (binary, "
+                    "8-bit, integer levels not spanning 0..255, real), range, distinct values "
+                    "and constant dimensions; for every likelihood whether the data, prepared "
+                    "as the trainer would, lie in its support and why; the units (nats per "
+                    "datapoint, bits/dim, when a negative loss is fine); and the classic loss "
+                    "mistakes that fit these data. Exit status 1 when --likelihood does not "
+                    "fit the data.",
+    )
+    add_flags(p.add_argument_group("data"), DataConfig)
+    p.add_argument("--likelihood", choices=LIKELIHOODS.names(), default=None,
+                   help="also say whether this likelihood fits and how the trainer would "
+                        "prepare the data for it")
+    p.add_argument("--seed", type=int, default=0,
+                   help="held-out permutation, and the draws of the support check")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-vae", description="Variational autoencoders as Pyro programs.",
+        formatter_class=_FORMAT,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_evaluate, _add_sample, _add_compare, _add_diagnose):
+        add(sub)
+    return parser
+
+
+def _fail(command: str, message: str, status: int = 1) -> int:
+    print(f"pyro-vae {command}: error: {message}", file=sys.stderr)
+    return status
+
+
+def _read_toml(path: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``pyro-vae train``: defaults (or the resumed run's settings), then ``--config``, then
+    the flags given."""
+    try:
+        base = run_config(args.resume) if args.resume else RunConfig()
+        values = _read_toml(args.config) if args.config else {}
+    except (OSError, ValueError, KeyError) as e:
+        return _fail("train", f"cannot read the settings: {e}")
+    values.update(given(args, RunConfig))
+    try:
+        cfg = from_flat(base, values)
+    except (ValueError, TypeError) as e:  # TypeError: e.g. `hidden = "a"` in a TOML file
+        parser.error(str(e))
+    try:
+        result = run_training(cfg, out=args.resume or args.out, resume=bool(args.resume))
+    except TrainingInterrupted as e:
+        print(e, file=sys.stderr)  # "interrupted at step s; resume with ..."
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, while the checkpoint was being written
+        print("interrupted; the last complete checkpoint is kept", file=sys.stderr)
+        return 130
+    except (NonFiniteLossError, CheckpointError, OSError, ValueError) as e:
+        return _fail("train", str(e))
+    print(f"run directory: {result.run_dir}")
+    print(f"test ELBO (nats per datapoint, higher is better): last {result.test_elbo:.3f}, "
+          f"best {result.best_test_elbo:.3f}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        cfg = from_flat(EvalConfig(), given(args, EvalConfig))
+        summary = evaluate_run(args.run_dir, cfg)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail("evaluate", str(e))
+    print(text_table(summary))
+    print(f"report: {Path(args.run_dir) / 'report.md'}")
+    return 0
+
+
+def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        vae, _ = load_run(args.run_dir, args.which)
+    except (CheckpointError, OSError, ValueError) as e:
+        return _fail("sample", str(e))
+    torch.manual_seed(args.seed)
+    mean, _ = vae.sample(args.num)
+    out = Path(args.output or Path(args.run_dir) / f"samples-{args.seed}.png")
+    if not save_grid(mean, out):
+        return _fail("sample", f"data of shape {tuple(mean.shape[1:])} cannot be drawn as images")
+    print(out)
+    return 0
+
+
+def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        return _fail("compare", str(e), status=2)
+    try:
+        return report_comparison(cfg, args.out)
+    except (OSError, ValueError) as e:
+        return _fail("compare", str(e))
+
+
+def _diagnose(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``pyro-vae diagnose``: 0 done, 1 the data cannot be read or --likelihood does not fit."""
+    try:
+        data = from_flat(DataConfig(), given(args, DataConfig))
+        split = load_split(data, args.seed)
+        diagnosis = diagnose_split(
+            split, binarize=data.binarize, dequantize=data.dequantize, seed=args.seed
+        )
+    except (OSError, ValueError) as e:
+        return _fail("diagnose", str(e))
+    print(format_diagnosis(diagnosis, args.likelihood), end="")
+    if args.likelihood is not None and not diagnosis.verdict(args.likelihood).valid:
+        return 1
+    return 0
+
+
+_COMMANDS = {"train": _train, "evaluate": _evaluate, "sample": _sample, "compare": _compare,
+             "diagnose": _diagnose}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    subparser = parser._subparsers._group_actions[0].choices[args.command]
+    return _COMMANDS[args.command](args, subparser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""``pyro-vae evaluate``: every evaluation of a run directory, written beside it.
+
+:func:`evaluate_run` loads a checkpoint of the run, prepares its split as in training
+(:func:`~pyro_vae.runs.evaluation_data`), and writes ``summary.json`` (every number),
+``report.md`` and ``report.html`` (the table with the pictures) and the pictures under
+``evaluation/``. Every figure is in nats per datapoint, higher is better, and comes from the
+Pyro model and guide (:mod:`pyro_vae.eval`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pyro_vae.config import DEVICES, at_least, resolve_device, setting
+from pyro_vae.eval import report
+from pyro_vae.eval.bounds import (
+    DEFAULT_MEMORY_BUDGET_MB,
+    ElboTerms,
+    ImportanceResult,
+    bits_per_dim,
+    bits_per_dim_reason,
+    elbo_terms,
+    importance_log_px,
+    standard_error,
+)
+from pyro_vae.eval.latents import ACTIVE_THRESHOLD, ActiveUnits, active_units, posterior_means
+from pyro_vae.eval.plots import LatentSummary, write_pictures
+from pyro_vae.models import VAE
+from pyro_vae.runs import CHECKPOINTS, SPLITS, evaluation_data, load_run
+from pyro_vae.train.rundir import atomic_write_text, read_metrics
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How hard to evaluate a run, and on what."""
+
+    iw_samples: int = setting(5000, "importance samples K per datapoint (Burda et al.: 5000)")
+    split: str = setting("test", "the run's split to evaluate", choices=SPLITS)
+    batch_size: int | None = setting(
+        None, "most datapoints per chunk", default_text="as the memory budget allows"
+    )
+    device: str = setting("cpu", "where to evaluate (auto: cuda when available)", choices=DEVICES)
+    memory_budget_mb: float = setting(
+        DEFAULT_MEMORY_BUDGET_MB, "memory for one chunk of particles x datapoints"
+    )
+    seed: int = setting(
+        0, "particles, dequantization noise and pictures; results do not depend on chunking"
+    )
+    which: str = setting("best", "the checkpoint to evaluate", choices=CHECKPOINTS)
+    elbo_particles: int = setting(100, "Monte Carlo particles of the ELBO's reconstruction term")
+    quiet: bool = setting(False, "no progress bars")
+
+    def __post_init__(self):
+        at_least("iw_samples", self.iw_samples, 1)
+        SPLITS.check(self.split)
+        if self.batch_size is not None:
+            at_least("batch_size", self.batch_size, 1)
+        DEVICES.check(self.device)
+        at_least("memory_budget_mb", self.memory_budget_mb, 0, strict=True)
+        at_least("seed", self.seed, 0)
+        CHECKPOINTS.check(self.which)
+        at_least("elbo_particles", self.elbo_particles, 1)
+
+
+def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, **settings) -> dict:
+    """Evaluate a run directory: ``pyro-vae evaluate``.
+
+    Loads ``<which>.pt``, prepares the split as in training, and writes ``summary.json`` (the
+    returned dict), ``report.md``, ``report.html`` and the pictures under ``evaluation/`` in
+    ``run_dir``.
+
+    :param config: the settings (:class:`EvalConfig`); or give them as keywords
+        (``iw_samples=5000, seed=0, ...``). The same seed gives the same numbers whatever the
+        batch size and memory budget.
+    """
+    cfg = dataclasses.replace(config or EvalConfig(), **settings)
+    run_dir = Path(run_dir)
+    dev = resolve_device(cfg.device)
+    vae, _ = load_run(run_dir, cfg.which, device=str(dev))
+    x_cpu, labels, label_names, run = evaluation_data(run_dir, cfg.split, cfg.seed)
+    vae.likelihood.check_support(x_cpu)
+    x = x_cpu.to(dev)
+
+    start = time.perf_counter()
+    budget = {"memory_budget_mb": cfg.memory_budget_mb, "batch_size": cfg.batch_size}
+    imp = importance_log_px(vae, x, cfg.iw_samples, seed=cfg.seed, quiet=cfg.quiet, **budget)
+    terms = elbo_terms(vae, x, cfg.elbo_particles, seed=cfg.seed, quiet=cfg.quiet, **budget)
+    means = posterior_means(vae, x, cfg.batch_size or 1000)
+    units = active_units(means=means) if len(x) > 1 else None
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - start
+
+    summary = {
+        "run_dir": str(run_dir),
+        "which": cfg.which,
+        "split": cfg.split,
+        "num": len(x),
+        "num_dims": math.prod(vae.event_shape),
+        "latent_dim": vae.latent_dim,
+        "likelihood": vae.likelihood.name,
+        "dataset": run.data.dataset,
+        "seed": cfg.seed,
+        "device": str(dev),
+        **_figures(vae, imp, terms, units, bool(run.data.dequantize), cfg),
+        "seconds": seconds,
+    }
+    latents = LatentSummary(means, terms.kl_per_dim.mean(0), labels, label_names)
+    pictures = write_pictures(
+        vae, x, run_dir / "evaluation", read_metrics(run_dir), seed=cfg.seed, latents=latents
+    )
+    summary["pictures"] = {k: str(Path("evaluation") / v) for k, v in pictures.items()}
+    summary = _finite(summary)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run_dir / "report.md", report.markdown(summary))
+    atomic_write_text(run_dir / "report.html", report.html(summary))
+    return summary
+
+
+def _figures(
+    vae: VAE,
+    imp: ImportanceResult,
+    terms: ElboTerms,
+    units: ActiveUnits | None,
+    dequantized: bool,
+    cfg: EvalConfig,
+) -> dict:
+    """The numbers of ``summary.json`` (see the README's table of its keys)."""
+    num_dims = math.prod(vae.event_shape)
+    reason = bits_per_dim_reason(vae, dequantized)
+    elbo = terms.elbo.mean().item()
+    return {
+        "units": "nats per datapoint, higher is better; kl is the term the ELBO subtracts",
+        "iw_samples": cfg.iw_samples,
+        "log_px": imp.mean,
+        "log_px_se": imp.se,
+        "log_px_mc_se": (imp.mc_se.square().sum().sqrt() / len(imp.log_px)).item(),
+        "ess_mean": imp.ess.mean().item(),
+        "ess_median": imp.ess.median().item(),
+        "ess_min": imp.ess.min().item(),
+        "elbo_particles": cfg.elbo_particles,
+        "elbo": elbo,
+        "elbo_se": standard_error(terms.elbo),
+        "recon": terms.recon.mean().item(),
+        "kl": terms.kl.mean().item(),
+        "log_px_minus_elbo": imp.mean - elbo,
+        "kl_per_dim": terms.kl_per_dim.mean(0).tolist(),
+        "active_threshold": ACTIVE_THRESHOLD,
+        "unit_activity": None if units is None else units.activity.tolist(),
+        "active_units": None if units is None else units.count,
+        "active_dims": None if units is None else units.active.nonzero().flatten().tolist(),
+        "bits_per_dim": None if reason else bits_per_dim(imp.mean, num_dims),
+        "bits_per_dim_se": None if reason else imp.se / (num_dims * math.log(2)),
+        "bits_per_dim_reason": reason,
+        "particle_chunk": imp.particle_chunk,
+        "data_chunk": imp.data_chunk,
+        "memory_budget_mb": cfg.memory_budget_mb,
+        "bytes_per_pair": imp.bytes_per_pair,
+        "chunk_invariant": imp.chunk_invariant,
+    }
+
+
+def _finite(value):
+    """JSON-safe: non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,128 @@
+"""Runs: the seam the applications use.
+
+A run is a :class:`~pyro_vae.config.RunConfig` made real: its data loaded and prepared
+(:func:`resolve_data`), its model built (:func:`build_model`), trained into a run directory
+(:func:`run_training`), and reopened later (:func:`load_run`, :func:`evaluation_data`).
+``pyro-vae train``, ``evaluate``, ``sample``, ``compare`` and ``diagnose`` all go through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import pyro
+import torch
+
+from pyro_vae.config import DataConfig, ModelConfig, RunConfig
+from pyro_vae.data import DataSplit, Preprocess, load_data
+from pyro_vae.models import VAE, build_vae
+from pyro_vae.registry import Registry
+from pyro_vae.train import TrainResult, fit, load_checkpoint
+from pyro_vae.train import rundir
+
+#: the splits of a run that can be evaluated
+SPLITS: Registry[None] = Registry.of("split", ("test", "train"))
+#: the checkpoints of a run directory: the best score, or the latest state
+CHECKPOINTS: Registry[None] = Registry.of("checkpoint", ("best", "checkpoint"))
+
+
+def load_split(data: DataConfig, seed: int) -> DataSplit:
+    """The raw split of ``data`` (``seed`` picks the held-out datapoints where the source has
+    no test split of its own)."""
+    return load_data(
+        data.dataset,
+        data_dir=data.data_dir,
+        test_size=data.test_size,
+        seed=seed,
+        num_shapes=data.num_shapes,
+        download=data.download,
+    )
+
+
+def resolve_data(cfg: RunConfig) -> tuple[DataSplit, Preprocess, RunConfig]:
+    """Load and prepare the data of ``cfg``; fill the preprocessing defaults from the
+    likelihood and the data (:meth:`~pyro_vae.config.DataConfig.resolved`).
+
+    :returns: ``(split, preprocess, cfg)``: the split with its one-off transforms applied, the
+        per-batch transforms, and ``cfg`` with its data section resolved.
+    """
+    split = load_split(cfg.data, cfg.train.seed)
+    resolved = cfg.data.resolved(cfg.model.likelihood, split.is_8bit)
+    pre = Preprocess(resolved.binarize, resolved.dequantize, cfg.train.seed)
+    return pre.prepare(split), pre, dataclasses.replace(cfg, data=resolved)
+
+
+def build_model(model: ModelConfig, event_shape: Sequence[int], beta: float = 1.0) -> VAE:
+    """The VAE of ``model`` for datapoints of ``event_shape``."""
+    return build_vae(
+        event_shape, model.likelihood, model.latent_dim, model.hidden, model.arch,
+        model.activation, beta=beta, **model.likelihood_options(),
+    )
+
+
+def run_training(cfg: RunConfig, out: str | Path | None = None, resume: bool = False) -> TrainResult:
+    """Load data, build the model and :func:`~pyro_vae.train.fit` it: ``pyro-vae train``.
+
+    :param out: the run directory (default ``runs/<time>-<dataset>-<likelihood>-<estimator>``).
+    """
+    pyro.set_rng_seed(cfg.train.seed)
+    split, pre, cfg = resolve_data(cfg)
+    vae = build_model(cfg.model, split.event_shape, beta=cfg.train.beta)
+    if out is None:
+        out = rundir.default_run_dir(cfg.data.dataset, cfg.model.likelihood, cfg.train.estimator)
+    full = {
+        **cfg.to_dict(),
+        "event_shape": list(split.event_shape),
+        "num_train": len(split.train),
+        "num_test": len(split.test),
+        "environment": rundir.environment(),
+    }
+    return fit(
+        vae, split.train, split.test, cfg.train, preprocess=pre, out=out, run_config=full,
+        resume=resume,
+    )
+
+
+def run_config(run_dir: str | Path) -> RunConfig:
+    """The :class:`~pyro_vae.config.RunConfig` saved in ``run_dir/config.json``."""
+    return RunConfig.from_dict(rundir.read_config(run_dir))
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> tuple[VAE, dict]:
+    """Rebuild the model of a run directory from ``config.json`` and ``<which>.pt``.
+
+    :returns: ``(vae, config)``: the model on ``device``, and ``config.json`` as a dict.
+    :raises CheckpointError: the checkpoint is unreadable or unsafe, or was written for
+        another configuration than ``config.json`` (the mismatches are listed).
+    """
+    CHECKPOINTS.check(which)
+    run_dir = Path(run_dir)
+    config = rundir.read_config(run_dir)
+    vae = build_model(RunConfig.from_dict(config).model, config["event_shape"])
+    load_checkpoint(run_dir / f"{which}.pt", vae, expected_config=config, device=device)
+    return vae.to(device), config
+
+
+def evaluation_data(run_dir: str | Path, split: str = "test", seed: int = 0):
+    """The run's data split as the model sees it, with the labels.
+
+    The split is loaded and prepared exactly as in training (:func:`resolve_data` of the saved
+    configuration). Per-batch randomness (dynamic binarization of training data,
+    dequantization) is drawn **once** for the whole split, on the CPU, from a forked RNG
+    seeded with ``seed``: the evaluated data depend neither on the batch size nor on the
+    device.
+
+    :returns: ``(x, labels, label_names, run_config)``: ``x`` float32 ``(N, *event_shape)``.
+    """
+    SPLITS.check(split)
+    data, pre, cfg = resolve_data(run_config(run_dir))
+    raw = data.test if split == "test" else data.train
+    labels = data.test_labels if split == "test" else data.train_labels
+    if len(raw) == 0:
+        raise ValueError(f"the run's {split} split is empty; evaluate --split train")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        x = pre(raw.cpu())  # (N, *event_shape)
+    return x, labels, data.label_names, cfg

@@ -1,0 +1,350 @@
+"""Checkpoints that survive crashes and cannot run code, and the one object that writes and
+reads a run's state.
+
+Writes go to a temporary file in the same folder, are fsynced, then renamed over the target
+(:func:`~pyro_vae.train.rundir.atomic_write`), so a reader sees either the old file or the new
+one, never half of one. Reads use ``torch.load(weights_only=True)``: a pickle that would
+execute code is refused. :class:`Checkpointer` owns every write and read of a run's state in
+its run directory: the checkpoint format, the refusal of a checkpoint of another
+configuration, the mid-epoch state, the clean-up of temporary files a killed write left, and
+the one clear error when a write fails.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pyro_vae.config import RESUMABLE
+from pyro_vae.train import rundir
+from pyro_vae.train.rundir import RunDirectoryError, atomic_write
+from pyro_vae.train.state import EpochCursor, Schedule, TrainState
+
+#: checkpoint layout (1: epoch boundaries only; 2: adds the mid-epoch state)
+CHECKPOINT_FORMAT = 2
+
+#: facts about the data recorded beside the settings; a resumed run must see the same
+DATA_FACTS = ("event_shape", "num_train", "num_test")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read, or does not fit the model it is loaded into."""
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (see :func:`~pyro_vae.train.rundir.atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only.
+
+    A pickle that names any other global (the way a malicious file runs code) is refused
+    before anything in it is called.
+
+    :raises CheckpointError: for a missing, truncated, corrupt or unsafe file; the message says
+        which and that nothing was run or overwritten.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": the refusal below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} was refused: it is not a weights-only checkpoint (tensors and plain "
+            f"containers). It is corrupt, or holds objects that could run code when unpickled; "
+            f"nothing in it was run and nothing was overwritten (torch.load with "
+            f"weights_only=True: {_last_line(e)}). Only load checkpoints from a source you trust."
+        ) from e
+    except Exception as e:  # noqa: BLE001 (a corrupt file fails in many ways inside torch.load)
+        raise CheckpointError(
+            f"{path} is truncated or corrupt and cannot be read ({type(e).__name__}: "
+            f"{_last_line(e)}); nothing was overwritten"
+        ) from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a pyro-vae checkpoint")
+    return obj
+
+
+def _last_line(error: BaseException) -> str:
+    """The informative part of torch.load's long messages."""
+    text = str(error).strip()
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].split(". ")[0][:200] if lines else type(error).__name__
+
+
+def rng_state() -> dict:
+    """Every global RNG state (torch CPU and CUDA, numpy, python), as plain tensors and lists."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` captured."""
+    # RNG states are CPU byte tensors, wherever map_location put the checkpoint
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+         n["cached_gaussian"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def load_checkpoint(
+    path: str | Path, module: nn.Module, expected_config: dict | None = None, device="cpu"
+) -> dict:
+    """Load a checkpoint (``weights_only=True``) into ``module`` and return it.
+
+    :param expected_config: the configuration the checkpoint must have been written under;
+        every setting but those in :data:`~pyro_vae.config.RESUMABLE` must match.
+    :raises CheckpointError: unreadable, truncated or unsafe file, or a checkpoint of another
+        model/config (the message lists every mismatching setting or parameter). Nothing is
+        loaded into ``module`` then.
+    """
+    state = safe_load(path, map_location=device)
+    missing = {"model", "optimizer", "rng", "epoch", "step", "config"} - set(state)
+    if missing:
+        raise CheckpointError(f"{path} is not a pyro-vae checkpoint (missing {sorted(missing)})")
+    if state.get("format", 1) > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {state['format']}, newer than this pyro-vae reads "
+            f"({CHECKPOINT_FORMAT}); update pyro-vae"
+        )
+    if expected_config is not None:
+        diffs = config_diff(state["config"], expected_config)
+        if diffs:
+            raise CheckpointError(
+                f"{path} was written for another configuration: " + "; ".join(diffs)
+                + ". Use the checkpoint's settings, or start a new run with another --out."
+            )
+    try:
+        module.load_state_dict(state["model"])
+    except RuntimeError as e:
+        detail = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise CheckpointError(f"{path} holds parameters of another model: {detail}") from e
+    return state
+
+
+def config_diff(saved: dict, expected: dict) -> list[str]:
+    """Every setting (but the resumable ones) and data fact that differs, as sentences."""
+    # as config.json holds them: tuples and lists compare equal
+    saved, expected = json.loads(json.dumps(saved)), json.loads(json.dumps(expected))
+    diffs = []
+    for section in ("model", "data", "train"):
+        a, b = saved.get(section), expected.get(section)
+        if a is None or b is None:  # e.g. fit() without run_config records train only
+            continue
+        for key in sorted(set(a) | set(b)):
+            if key not in RESUMABLE and a.get(key) != b.get(key):
+                diffs.append(f"{section}.{key}: checkpoint {a.get(key)!r}, now {b.get(key)!r}")
+    for key in DATA_FACTS:
+        if key in saved and key in expected and saved[key] != expected[key]:
+            diffs.append(f"{key}: checkpoint {saved[key]!r}, now {expected[key]!r}")
+    return diffs
+
+
+def _cursor(state: dict, schedule: Schedule, device) -> EpochCursor | None:
+    """The mid-epoch state of a checkpoint, checked against the data it resumes on."""
+    perm, batch = state.get("perm"), state.get("batch", 0)
+    if perm is None:
+        return None
+    spe = schedule.steps_per_epoch
+    if (
+        not isinstance(perm, torch.Tensor)
+        or perm.shape != (schedule.n,)
+        or not 0 <= batch < spe
+        or state["step"] != state["epoch"] * spe + batch
+    ):
+        raise CheckpointError(
+            f"the mid-epoch state in the checkpoint (batch {batch} of {spe}, "
+            f"permutation of {None if perm is None else tuple(perm.shape)}) does not fit "
+            f"{schedule.n} training datapoints in batches of this size"
+        )
+    loss_sum = state["epoch_loss"].to(device)
+    return EpochCursor(perm.to(device), batch, loss_sum, state.get("epoch_seconds", 0.0))
+
+
+class Checkpointer:
+    """Every write and read of a run's state in its run directory.
+
+    ``checkpoint.pt`` holds the module, the optimizer, the LR schedule, every RNG state, the
+    :class:`~pyro_vae.train.state.TrainState` (epoch, step, best score, metrics and, mid-epoch,
+    the :class:`~pyro_vae.train.state.EpochCursor`) and the configuration; ``best.pt`` the
+    same at the best score. Without a run directory nothing is written, and :meth:`kept`
+    says so.
+
+    :param out: the run directory, or ``None``.
+    :param config: the configuration saved in every checkpoint, which a resumed run must match.
+    :param resume: continue the run in ``out``; else ``out`` must not hold a checkpoint.
+    :raises RunDirectoryError: ``out`` cannot be created or written (nothing was trained).
+    :raises FileExistsError: a new run in a folder that holds a checkpoint.
+    """
+
+    def __init__(
+        self,
+        out: str | Path | None,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        config: dict,
+        resume: bool = False,
+    ):
+        if resume and out is None:
+            raise ValueError("resume=True needs the run directory (out=...)")
+        self.run_dir = None if out is None else rundir.prepare(out)
+        if self.run_dir is not None and not resume and self.path.exists():
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run (checkpoint.pt); continue it with "
+                f"pyro-vae train --resume {self.run_dir}, or choose another --out"
+            )
+        self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
+        self.config, self.resume = config, resume
+        #: the step of the last checkpoint.pt written or resumed from (``None``: none yet)
+        self.saved_step: int | None = None
+
+    @property
+    def path(self) -> Path:
+        """``checkpoint.pt`` of the run directory."""
+        return self.run_dir / "checkpoint.pt"
+
+    def restore(self, schedule: Schedule, device: torch.device) -> TrainState:
+        """Load ``checkpoint.pt`` into the module, optimizer, schedule and RNGs; the state.
+
+        Temporary files of writes a killed process left are removed.
+
+        :raises CheckpointError: unreadable, of another configuration, or a cosine schedule
+            asked to span another number of epochs.
+        """
+        saved = load_checkpoint(self.path, self.module, self.config, device)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        for group in self.optimizer.param_groups:  # the flags come back from the file: ours
+            group["fused"], group["foreach"] = True, None
+        if self.scheduler is not None and saved.get("scheduler") is not None:
+            if saved["scheduler"].get("T_max") != self.scheduler.T_max:
+                # torch's cosine schedule is recursive in the last lr: it cannot be re-spanned
+                raise CheckpointError(
+                    f"this run's cosine learning-rate schedule spans "
+                    f"{saved['scheduler'].get('T_max')} steps; resuming with another --epochs "
+                    f"would change it mid-run. Resume with the run's own --epochs, or start a "
+                    f"new run (or use --lr-schedule constant, which can be extended)"
+                )
+            self.scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"])
+        epoch = saved["epoch"]
+        if "metrics" in saved:
+            metrics = list(saved["metrics"])
+        else:  # format 1
+            metrics = [r for r in rundir.read_metrics(self.run_dir) if r["epoch"] <= epoch]
+        state = TrainState(epoch, saved["step"], saved["best_test_elbo"], metrics)
+        state.cursor = _cursor(saved, schedule, device)
+        self.saved_step = state.step
+        rundir.remove_stale_temp_files(self.run_dir)
+        return state
+
+    def begin(self, state: TrainState, run_config: dict | None) -> None:
+        """Before the first step: a new run writes ``config.json`` (the full ``run_config``)
+        and a step-0 checkpoint, proving the folder takes one; a resumed run rewrites the
+        metrics of the epochs its checkpoint holds."""
+        if self.run_dir is None:
+            return
+        if self.resume:
+            self._write(self.run_dir / "metrics.jsonl", state, self._metrics_writer(state))
+            return
+        if run_config is not None:
+            config = self.run_dir / "config.json"
+            self._write(config, state, lambda: rundir.write_config(self.run_dir, run_config))
+        self.save("checkpoint.pt", state)
+
+    def save(self, name: str, state: TrainState, cursor: EpochCursor | None = None) -> None:
+        """Write ``name`` (``checkpoint.pt`` or ``best.pt``) from the state; with ``cursor``,
+        the epoch in progress too."""
+        if self.run_dir is None:
+            return
+        saved = {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "epoch": state.epoch,
+            "step": state.step,
+            "batch": 0 if cursor is None else cursor.batch,
+            "perm": None if cursor is None else cursor.perm,
+            "epoch_loss": None if cursor is None else cursor.loss_sum,
+            "epoch_seconds": 0.0 if cursor is None else cursor.seconds,
+            "best_test_elbo": state.best,
+            "metrics": state.metrics,
+            "config": self.config,
+        }
+        path = self.run_dir / name
+        self._write(path, state, lambda: atomic_save(saved, path))
+        if name == "checkpoint.pt":
+            self.saved_step = state.step
+
+    def end_epoch(self, state: TrainState, improved: bool) -> None:
+        """After an epoch: ``best.pt`` if the score improved, ``checkpoint.pt``, the metrics."""
+        if self.run_dir is None:
+            return
+        # best.pt first: a kill between the two writes redoes this epoch on resume, which
+        # rewrites the same best.pt; the other order could lose it
+        if improved:
+            self.save("best.pt", state)
+        self.save("checkpoint.pt", state)
+        self._write(self.run_dir / "metrics.jsonl", state, self._metrics_writer(state))
+
+    def kept(self) -> str:
+        """What a stop leaves behind, as a clause for its message."""
+        if self.run_dir is None:
+            return "no run directory was given, so nothing was saved"
+        if not self.saved_step:
+            return "no checkpoint of trained parameters was written yet"
+        return f"{self.path} from step {self.saved_step} is kept"
+
+    def _metrics_writer(self, state: TrainState) -> Callable[[], None]:
+        return lambda: rundir.write_metrics(self.run_dir, state.metrics)
+
+    def _write(self, path: Path, state: TrainState, write: Callable[[], Any]) -> None:
+        """Run ``write``; turn a failure (full disk, ...) into a clear stop."""
+        try:
+            write()
+        except OSError as e:
+            if state.step == 0 and not self.resume:
+                what, then = "before training; nothing was trained", "start again"
+            else:
+                what = f"at step {state.step}; training stopped. {self.kept()}"
+                then = f"resume with pyro-vae train --resume {self.run_dir}"
+            raise RunDirectoryError(
+                f"could not write {path} {what} ({e.strerror or e}); no temporary file is "
+                f"left. Make room, then {then}",
+                e.errno,
+            ) from e
+

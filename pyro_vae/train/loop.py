@@ -1,0 +1,268 @@
+"""The training loop: the only one in pyro-vae.
+
+One torch optimizer over every parameter of the model, the loss from a Pyro estimator's
+``differentiable_loss`` (recorded once per batch shape and replayed, see
+:class:`~pyro_vae.infer.CapturedLoss`), data held on the training device and indexed by a
+random permutation there (no per-item DataLoader), binarization and dequantization per batch
+on the device, and the loss read back only every ``log_every`` steps: no host sync per step.
+
+Validation: every datapoint is checked against the likelihood's support before the first step;
+Pyro's validation runs on the first batch of each shape (when the loss is recorded), and on
+every step where the program runs uncaptured; the loss and gradients are checked for
+finiteness on the device every step.
+
+Faults stop training without losing work: a non-finite loss is caught on the device and named
+(step and ELBO term); Ctrl-C (SIGINT) writes a checkpoint between two steps, from which
+``resume`` continues bit-identically; a full disk or an unwritable run directory stops with
+the previous checkpoint intact. Checkpoints are written atomically, so a process killed at any
+moment leaves a ``checkpoint.pt`` that loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from pyro_vae.config import TrainConfig, resolve_device
+from pyro_vae.data import Preprocess
+from pyro_vae.eval.bounds import evaluate_elbo
+from pyro_vae.eval.plots import write_pictures
+from pyro_vae.infer import check_beta
+from pyro_vae.models import VAE
+from pyro_vae.train.checkpoint import Checkpointer
+from pyro_vae.train.checks import check_data, check_sizes
+from pyro_vae.train.signals import StopRequest
+from pyro_vae.train.state import EpochCursor, Schedule, TrainState
+from pyro_vae.train.step import NonFiniteLossError, TrainStep, make_scheduler, non_finite_parameter
+from pyro_vae.validation import validation_on
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped :func:`fit` between two steps, after it saved a checkpoint.
+
+    :ivar step: steps done; ``checkpoint.pt`` holds the state after this step.
+    :ivar run_dir: where the checkpoint is (``None``: no run directory, nothing was saved).
+    """
+
+    def __init__(self, step: int, run_dir: Path | None):
+        where = f"resume with pyro-vae train --resume {run_dir}" if run_dir else "nothing saved"
+        super().__init__(f"interrupted at step {step}; {where}")
+        self.step, self.run_dir = step, run_dir
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns.
+
+    :ivar metrics: one dict per epoch (see :data:`pyro_vae.train.rundir.METRIC_FIELDS`).
+    :ivar best_test_elbo: best held-out ELBO per datapoint (nats), ``nan`` without test data.
+    :ivar capture: how the steps ran the loss: ``graph``, ``compile`` or ``eager: <why>``
+        (see :class:`~pyro_vae.infer.CapturedLoss`).
+    """
+
+    vae: VAE
+    run_dir: Path | None
+    metrics: list[dict] = field(default_factory=list)
+    best_test_elbo: float = math.nan
+    capture: str = ""
+
+    @property
+    def test_elbo(self) -> float:
+        """Held-out ELBO per datapoint after the last epoch."""
+        return self.metrics[-1]["test_elbo"] if self.metrics else math.nan
+
+
+@validation_on
+def fit(
+    vae: VAE,
+    train: torch.Tensor,
+    test: torch.Tensor | None = None,
+    config: TrainConfig = TrainConfig(),
+    *,
+    preprocess: Preprocess = Preprocess(),
+    out: str | Path | None = None,
+    run_config: dict | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train ``vae`` on ``train`` and evaluate the held-out ELBO on ``test`` every epoch.
+
+    With a run directory, ``checkpoint.pt`` is written before the first step (so the folder is
+    proven writable and a run killed at any moment can be resumed), after every epoch, and on
+    Ctrl-C; ``best.pt`` after every epoch that improves the score (see
+    :class:`~pyro_vae.train.checkpoint.Checkpointer`), so ``resume`` continues bit-identically
+    on CPU from any of them.
+
+    :param train: ``(N, *event_shape)``; uint8 levels or floats, as :class:`Preprocess` expects.
+    :param test: held-out data of the same kind, or ``None``.
+    :param config: optimization settings.
+    :param preprocess: per-batch binarization / dequantization.
+    :param out: run directory for checkpoints, metrics and pictures (``None``: keep nothing).
+    :param run_config: the full configuration saved in checkpoints (by
+        :func:`~pyro_vae.runs.run_training`).
+    :param resume: continue from ``out/checkpoint.pt`` exactly where it stopped.
+    :raises NonFiniteLossError: if the loss becomes NaN or infinite; names the step and term,
+        and keeps the last checkpoint.
+    :raises TrainingInterrupted: on Ctrl-C (SIGINT), after writing ``checkpoint.pt``.
+    :raises RunDirectoryError: the run directory is not writable (before training), or a
+        checkpoint write failed (e.g. a full disk); the previous checkpoint is intact.
+    :raises CheckpointError: on ``resume``, an unreadable checkpoint or one of another
+        configuration; nothing is written then.
+    :raises FileExistsError: without ``resume``, ``out`` holds a checkpoint already.
+    """
+    cfg = config
+    check_beta(cfg.estimator, cfg.beta, warmup=cfg.warmup_epochs > 0)
+    device = resolve_device(cfg.device)
+    vae.to(device)
+    train = train.to(device)
+    test = None if test is None or len(test) == 0 else test.to(device)  # --test-size 0
+    check_sizes(train, cfg.batch_size)
+    check_data(vae, train, preprocess, "training")
+    if test is not None:
+        check_data(vae, test, preprocess, "test")
+
+    schedule = Schedule.of(len(train), cfg)
+    step = TrainStep(vae, cfg, device)
+    scheduler = make_scheduler(step.optimizer, cfg, schedule.total_steps)
+    saved_config = run_config if run_config is not None else {"train": dataclasses.asdict(cfg)}
+    checkpoints = Checkpointer(out, vae, step.optimizer, scheduler, saved_config, resume)
+    state = checkpoints.restore(schedule, device) if resume else TrainState()
+    run = _Run(vae, train, test, preprocess, cfg, schedule, step, scheduler, checkpoints)
+
+    vae.train()
+    with run.stop, warnings.catch_warnings():
+        # the guard reports a NaN loss with its step and term; Pyro's warning would repeat it
+        warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
+        checkpoints.begin(state, run_config)
+        while state.epoch < cfg.epochs:
+            run.end_epoch(state, run.run_epoch(state))
+    if checkpoints.run_dir is not None:
+        pictured = test if test is not None else train
+        write_pictures(vae, pictured, checkpoints.run_dir, state.metrics, preprocess=preprocess)
+    return TrainResult(vae, checkpoints.run_dir, state.metrics, state.best, step.loss.mode)
+
+
+@dataclass
+class _Epoch:
+    """An epoch being trained: where it stands, its progress bar and when it started."""
+
+    cursor: EpochCursor
+    bar: tqdm
+    started: float  # time.perf_counter() at its start, less the seconds before a resume
+
+
+@dataclass
+class _Run:
+    """The parts of a training run that stay the same from step to step."""
+
+    vae: VAE
+    train: torch.Tensor  # (N, *event_shape) on the device
+    test: torch.Tensor | None  # (M, *event_shape) on the device
+    preprocess: Preprocess
+    cfg: TrainConfig
+    schedule: Schedule
+    step: TrainStep
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    checkpoints: Checkpointer
+    stop: StopRequest = field(default_factory=StopRequest)
+
+    def run_epoch(self, state: TrainState) -> _Epoch:
+        """Train on the epoch's remaining batches, reading the loss every ``log_every`` steps.
+
+        :raises TrainingInterrupted: on a stop request, after saving the epoch's cursor.
+        """
+        spe = self.schedule.steps_per_epoch
+        cursor = state.cursor or EpochCursor.start(self.schedule.n, self.train.device)
+        state.cursor = None
+        bar = tqdm(total=spe, initial=cursor.batch, desc=f"epoch {state.epoch + 1}/{self.cfg.epochs}",
+                   disable=self.cfg.quiet, leave=True, dynamic_ncols=True)
+        epoch = _Epoch(cursor, bar, time.perf_counter() - cursor.seconds)
+        window_loss, window_n = torch.zeros((), device=self.train.device), 0
+        for i in range(cursor.batch, spe):
+            if self.stop.requested:
+                self._interrupt(state, epoch, i)
+            x = self._batch(cursor.perm, i)  # (B, *event_shape)
+            loss = self._step(state, epoch, x)
+            cursor.loss_sum += loss * x.shape[0]
+            window_loss += loss
+            window_n += 1
+            bar.update()
+            if state.step % self.cfg.log_every == 0 or i == spe - 1:
+                self._check(state, epoch)
+                if not self.cfg.quiet:
+                    bar.set_postfix(elbo=f"{-(window_loss / window_n).item():.2f}")
+                window_loss.zero_()
+                window_n = 0
+        return epoch
+
+    def end_epoch(self, state: TrainState, epoch: _Epoch) -> None:
+        """The epoch's metrics (training ELBO, held-out ELBO, time), then its checkpoints."""
+        train_elbo = -(epoch.cursor.loss_sum / self.schedule.n).item()
+        test_elbo = (
+            math.nan if self.test is None else evaluate_elbo(self.vae, self.test, self.preprocess)
+        )
+        state.metrics.append({
+            "epoch": state.epoch + 1,
+            "step": state.step,
+            "train_elbo": train_elbo,
+            "test_elbo": test_elbo,
+            "seconds": time.perf_counter() - epoch.started,
+            "lr": self.step.optimizer.param_groups[0]["lr"],
+            "beta": self.vae.beta,
+        })
+        epoch.bar.set_postfix(train=f"{train_elbo:.2f}", test=f"{test_elbo:.2f}")
+        epoch.bar.close()
+        score = train_elbo if self.test is None else test_elbo
+        improved = score > state.best
+        state.best = max(state.best, score)
+        state.epoch += 1
+        self.checkpoints.end_epoch(state, improved)
+
+    def _batch(self, perm: torch.Tensor, batch: int) -> torch.Tensor:
+        """Batch ``batch`` of the epoch with permutation ``perm``, as the model sees it."""
+        return self.preprocess(self.train[self.schedule.indices(perm, batch)])
+
+    def _step(self, state: TrainState, epoch: _Epoch, x: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on ``x`` with this step's beta; the loss, on the device."""
+        self.vae.beta = self.schedule.beta_at(state.step)
+        try:
+            # a recorded graph per batch shape once beta is constant (after warm-up)
+            loss = self.step(x, state.step + 1, capture=not self.schedule.in_warmup(state.step))
+        except ValueError as e:
+            # Pyro's validation (at a capture, or every step of an uncaptured program)
+            # rejects a NaN distribution parameter before any loss exists
+            if not non_finite_parameter(e, self.vae):
+                raise
+            self._check(state, epoch, cause=e, step=state.step + 1)
+            raise
+        if self.scheduler is not None:
+            self.scheduler.step()
+        state.step += 1
+        return loss
+
+    def _check(self, state: TrainState, epoch: _Epoch, cause=None, step=None) -> None:
+        """Stop with :class:`NonFiniteLossError` if the guard saw a bad step (one host sync)."""
+        def batch_of(bad_step: int) -> torch.Tensor:
+            return self._batch(epoch.cursor.perm, self.schedule.batch_of_step(bad_step))
+
+        try:
+            self.step.guard.check(self.vae, self.checkpoints.kept(), batch_of,
+                                  self.schedule.epoch_of_step, cause=cause, step=step)
+        except NonFiniteLossError:
+            epoch.bar.close()
+            raise
+
+    def _interrupt(self, state: TrainState, epoch: _Epoch, batch: int) -> None:
+        """Save the epoch's cursor at ``batch`` (after the guard's check) and stop."""
+        epoch.bar.close()
+        self._check(state, epoch)
+        epoch.cursor.batch = batch
+        epoch.cursor.seconds = time.perf_counter() - epoch.started
+        self.checkpoints.save("checkpoint.pt", state, epoch.cursor)
+        raise TrainingInterrupted(state.step, self.checkpoints.run_dir)

@@ -1,0 +1,216 @@
+"""One optimization step, and what stops training when a step goes non-finite.
+
+:class:`TrainStep` is the step :func:`~pyro_vae.train.fit` takes and
+``benchmarks/bench_train.py`` times: the estimator's loss (recorded once per batch shape and
+replayed, see :class:`~pyro_vae.infer.CapturedLoss`), backward, a finiteness check of every
+gradient on the device, and one fused Adam update that :class:`NonFiniteGuard` skips on the
+device once a step went bad. No host sync per step. :func:`diagnose_non_finite` names the ELBO
+term of a bad step by tracing it once more with validation on.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyro_vae.config import TrainConfig
+from pyro_vae.infer import CapturedLoss, make_estimator
+from pyro_vae.models import VAE
+from pyro_vae.validation import constraint_text, invalid_distribution_argument
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; training stopped, checkpoints kept.
+
+    :ivar step: the first step (1-based) whose loss was not finite.
+    :ivar term: ``"reconstruction"``, ``"KL"``, ``"parameters"`` (they were already non-finite)
+        or ``None`` (one traced pass could not reproduce it); see :func:`diagnose_non_finite`.
+    """
+
+    def __init__(self, message: str, step: int, term: str | None):
+        super().__init__(message)
+        self.step, self.term = step, term
+
+
+def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over every parameter of ``module``, fused: one kernel per step, and it honours
+    ``found_inf`` (see :class:`NonFiniteGuard`)."""
+    return torch.optim.Adam(
+        module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+    )
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule of ``cfg`` over ``total_steps`` (``None``: constant)."""
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    return None
+
+
+class TrainStep:
+    """One optimization step of :func:`~pyro_vae.train.fit`, with no host sync.
+
+    The estimator's loss per datapoint (recorded once per batch shape and replayed, see
+    :class:`~pyro_vae.infer.CapturedLoss`), backward, a finiteness check of every gradient
+    (their sum; the total norm when clipping with ``grad_clip``), the non-finite guard, and one
+    fused Adam update that the guard can skip on the device. ``benchmarks/bench_train.py``
+    times exactly this object.
+
+    :ivar optimizer: the one torch optimizer over ``vae.parameters()``.
+    :ivar guard: the :class:`NonFiniteGuard`; call ``guard.check`` to read it.
+    :ivar loss: the :class:`~pyro_vae.infer.CapturedLoss`; ``loss.mode`` says how it runs.
+    """
+
+    def __init__(self, vae: VAE, cfg: TrainConfig, device: torch.device):
+        self.vae = vae
+        self.grad_clip = cfg.grad_clip
+        estimator = make_estimator(cfg.estimator, cfg.particles, alpha=cfg.alpha)
+        self.loss = CapturedLoss(vae, estimator, cfg.capture)
+        self.optimizer = make_optimizer(vae, cfg)
+        self._params = list(vae.parameters())  # the optimizer's, in its order
+        self.guard = NonFiniteGuard(device)
+
+    def __call__(self, x: torch.Tensor, step: int, capture: bool = True) -> torch.Tensor:
+        """Train on the batch ``x`` as step ``step`` (1-based); return the loss (detached).
+
+        :param capture: ``False`` runs the Pyro program itself (e.g. while beta changes every
+            step during warm-up, where a recorded graph would be used once).
+        """
+        loss = (self.loss(x) if capture else self.loss.eager(x)) / x.shape[0]
+        detached = loss.detach()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            grad_check = torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip)
+        else:  # finite iff every gradient is (barring overflow); half the cost of a norm
+            sums = [p.grad.sum() for p in self._params if p.grad is not None]
+            grad_check = torch.stack(sums).sum() if sums else detached.new_zeros(())
+        # stays on the device: a finite loss with a non-finite gradient is a bad step too (it
+        # would poison every parameter); from the first bad step on, updates are skipped
+        self.optimizer.found_inf = self.guard.observe(detached, grad_check, step)
+        self.optimizer.step()
+        return detached
+
+
+class NonFiniteGuard:
+    """Watches the loss and the gradient for NaN/inf on the device, with no host sync per step.
+
+    Each step records, on the device, the first step whose loss or gradient is not finite (a
+    few scalar operations). From that step on, the fused Adam update is skipped on the device
+    through the optimizer's ``found_inf`` (the mechanism :class:`torch.amp.GradScaler` uses),
+    so a bad step changes no parameter. When the flag is read (every ``log_every`` steps,
+    before any checkpoint, or at once when Pyro's validation rejects a NaN distribution
+    parameter), the model still holds the parameters of the last good step, and
+    :func:`diagnose_non_finite` traces that step's batch (rebuilt from the epoch's
+    permutation by ``batch_of``) with them to name the term that failed.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def observe(self, loss: torch.Tensor, grad_check: torch.Tensor, step: int) -> torch.Tensor:
+        """Record step ``step`` (1-based); return ``found_inf`` for the optimizer.
+
+        :param grad_check: a scalar that is finite iff every gradient is (a sum or a norm).
+        """
+        bad = ~torch.isfinite(loss + grad_check)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        return (self.first_bad >= 0).to(torch.float32)
+
+    def check(
+        self,
+        vae: VAE,
+        kept: str,
+        batch_of: Callable[[int], torch.Tensor],
+        epoch_of: Callable[[int], int],
+        cause: Exception | None = None,
+        step: int | None = None,
+    ) -> None:
+        """Raise :class:`NonFiniteLossError` if a bad step was seen (one host sync).
+
+        :param kept: what the stop leaves behind, for the message.
+        :param batch_of: ``step -> batch`` of that (1-based) step of the current epoch.
+        :param epoch_of: ``step -> epoch`` (1-based), for the message.
+        :param cause: Pyro's validation error at step ``step``, which counts as bad.
+        """
+        bad = int(self.first_bad)
+        if bad < 0 and cause is None:
+            return
+        what = "the training loss or its gradient became non-finite"
+        if bad < 0:
+            bad = step
+            what = "Pyro's validation refused a distribution parameter"
+        term, detail = diagnose_non_finite(vae, batch_of(bad))
+        epoch = epoch_of(bad)
+        raise NonFiniteLossError(
+            f"{what} at step {bad} (epoch {epoch}): {detail}. Training stopped; {kept}. "
+            f"Lower --lr, add --grad-clip, check the data, or check that the model's "
+            f"parameterization keeps every parameter in its constraint (a scale > 0).",
+            step=bad,
+            term=term,
+        ) from cause
+
+
+@torch.no_grad()
+def diagnose_non_finite(vae: VAE, x: torch.Tensor) -> tuple[str | None, str]:
+    """Which ELBO term of ``vae`` is non-finite on the batch ``x``: one traced pass.
+
+    The guide and then the model (replaying the guide's ``z``) run under ``poutine.trace``
+    with validation on, and the log densities that enter the loss are read per site:
+    reconstruction = the ``x`` site's ``log p(x|z)``, KL = ``log q(z|x) - log p(z)`` of the
+    ``z`` sites. A distribution parameter that validation rejects names its side: the encoder's
+    ``q(z|x)`` (the KL term) or the decoder's ``p(x|z)`` (reconstruction).
+
+    :returns: ``(term, sentence)``; ``term`` is ``"parameters"`` when parameters themselves
+        are non-finite, ``"KL"``, ``"reconstruction"``, or ``None`` when this pass is finite
+        (the fault depended on the random draw).
+    """
+    bad = [name for name, p in vae.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        return "parameters", f"the parameters {names} are non-finite"
+    devices = [x.device] if x.is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            guide = poutine.trace(vae.guide).get_trace(x)
+        except ValueError as e:
+            if not invalid_distribution_argument(e):
+                raise
+            return "KL", f"the KL term: the guide's q(z|x) is invalid ({constraint_text(e)})"
+        try:
+            model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+        except ValueError as e:
+            if not invalid_distribution_argument(e):
+                raise
+            return "reconstruction", (
+                f"the reconstruction term: the model's p(x|z) is invalid ({constraint_text(e)})"
+            )
+        guide.compute_log_prob()
+        model.compute_log_prob()
+    recon = model.nodes["x"]["log_prob"]  # (B,)
+    kl = guide.nodes["z"]["log_prob"] - model.nodes["z"]["log_prob"]  # (B,)
+    recon_ok, kl_ok = bool(torch.isfinite(recon).all()), bool(torch.isfinite(kl).all())
+    if not kl_ok:
+        also = "finite" if recon_ok else "non-finite too"
+        return "KL", f"the KL term log q(z|x) - log p(z) is non-finite (reconstruction: {also})"
+    if not recon_ok:
+        return "reconstruction", "the reconstruction term log p(x|z) is non-finite (KL: finite)"
+    return None, (
+        "one traced pass of that batch with the same parameters gives finite terms: the "
+        "gradient was non-finite, or the fault depended on the random draw of z"
+    )
+
+
+
+def non_finite_parameter(error: ValueError, vae: VAE) -> bool:
+    """Whether ``error``, raised by a step, comes from a non-finite parameter or from Pyro's
+    refusal of a distribution parameter: a bad step for :class:`NonFiniteGuard` to name."""
+    if not all(torch.isfinite(p).all() for p in vae.parameters()):
+        return True
+    return invalid_distribution_argument(error)
+
