@@ -45,14 +45,13 @@ import time
 import pyro
 import torch
 import torch.nn.functional as F
+from memory import MNIST_T10K, RSSSampler, peak_rss_mb
 
-from pyro_vae.infer.capture import CAPTURE_MODES
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Preprocess, load_data
+from pyro_vae.infer.capture import CAPTURE_MODES
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.train import TrainStep, fit
-
-from memory import MNIST_T10K, RSSSampler, peak_rss_mb
 
 PARTICLES = {"meanfield": 1, "elbo": 1, "stl": 1, "iwae": 5, "renyi": 5, "dreg": 5}
 
@@ -93,8 +92,9 @@ def _images(path: str, n: int) -> torch.Tensor:
             raise ValueError("not 8-bit")
     except (OSError, ValueError) as e:
         print(f"# {path}: {e}; timing on random 8-bit levels instead", file=sys.stderr)
-        base = torch.randint(0, 256, (10_000, 784), dtype=torch.uint8,
-                             generator=torch.Generator().manual_seed(0))
+        base = torch.randint(
+            0, 256, (10_000, 784), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+        )
     reps = -(-n // len(base))
     return base.repeat(reps, 1)[:n].contiguous()
 
@@ -119,14 +119,20 @@ def time_steps(args, device: torch.device, images: torch.Tensor) -> list[dict]:
         for mode in args.capture:
             for est in args.estimators:
                 vae = copy.deepcopy(base)
-                cfg = TrainConfig(estimator=est, particles=PARTICLES.get(est, 1), lr=args.lr,
-                                  batch_size=batch, device=device.type, capture=mode)
+                cfg = TrainConfig(
+                    estimator=est,
+                    particles=PARTICLES.get(est, 1),
+                    lr=args.lr,
+                    batch_size=batch,
+                    device=device.type,
+                    capture=mode,
+                )
                 label = est if mode == args.capture[0] else f"{est}+{mode}"
                 cases[label] = TrainStep(vae, cfg, device)
         perm = torch.randperm(len(data), device=device)
         cursor = [0]
 
-        def batch_x() -> torch.Tensor:
+        def batch_x(cursor=cursor, perm=perm, batch=batch) -> torch.Tensor:
             if cursor[0] + batch > len(data):
                 cursor[0] = 0
             idx = perm[cursor[0] : cursor[0] + batch]
@@ -164,27 +170,42 @@ def time_steps(args, device: torch.device, images: torch.Tensor) -> list[dict]:
                 xs = batches(args.steps)  # the same batches for every case of the round
                 _sync(device)
                 prep.append((time.perf_counter() - start) / args.steps)
-                order = names[r % len(names):] + names[: r % len(names)]
+                order = names[r % len(names) :] + names[: r % len(names)]
                 this = {n: run(cases[n], xs) for n in order}
                 for n in names:
                     times[n].append(this[n])
                     ratios[n].append(this[n] / this["hand-written"])
         p1, pm, p3 = _quartiles(prep)
-        rows.append({"device": device.type, "batch": batch, "case": "data preparation",
-                     "ms": pm * 1e3, "ms_iqr": (p3 - p1) * 1e3, "ratio": None,
-                     "ratio_iqr": None, "mode": "gather + dynamic binarization, not in the steps",
-                     "cuda_max_allocated_mb": None})
+        rows.append(
+            {
+                "device": device.type,
+                "batch": batch,
+                "case": "data preparation",
+                "ms": pm * 1e3,
+                "ms_iqr": (p3 - p1) * 1e3,
+                "ratio": None,
+                "ratio_iqr": None,
+                "mode": "gather + dynamic binarization, not in the steps",
+                "cuda_max_allocated_mb": None,
+            }
+        )
         for n in names:
             t1, tm, t3 = _quartiles(times[n])
             r1, rm, r3 = _quartiles(ratios[n])
             step = cases[n]
-            rows.append({
-                "device": device.type, "batch": batch, "case": n,
-                "ms": tm * 1e3, "ms_iqr": (t3 - t1) * 1e3,
-                "ratio": rm, "ratio_iqr": r3 - r1,
-                "mode": getattr(getattr(step, "loss", None), "mode", "hand-written"),
-                "cuda_max_allocated_mb": memory.get(n),
-            })
+            rows.append(
+                {
+                    "device": device.type,
+                    "batch": batch,
+                    "case": n,
+                    "ms": tm * 1e3,
+                    "ms_iqr": (t3 - t1) * 1e3,
+                    "ratio": rm,
+                    "ratio_iqr": r3 - r1,
+                    "mode": getattr(getattr(step, "loss", None), "mode", "hand-written"),
+                    "cuda_max_allocated_mb": memory.get(n),
+                }
+            )
         del cases
     return rows
 
@@ -193,9 +214,16 @@ def time_epochs(args, device: torch.device, images: torch.Tensor) -> dict:
     """Epochs of fit() over the MNIST-size tensor; seconds and peak memory per epoch."""
     torch.manual_seed(0)
     vae = build_vae((784,), "bernoulli", args.latent_dim, tuple(args.hidden))
-    cfg = TrainConfig(estimator="meanfield", epochs=args.epoch_epochs, batch_size=128,
-                      lr=args.lr, device=device.type, quiet=True, capture=args.capture[0],
-                      log_every=50)
+    cfg = TrainConfig(
+        estimator="meanfield",
+        epochs=args.epoch_epochs,
+        batch_size=128,
+        lr=args.lr,
+        device=device.type,
+        quiet=True,
+        capture=args.capture[0],
+        log_every=50,
+    )
     data = images.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -222,24 +250,41 @@ def time_epochs(args, device: torch.device, images: torch.Tensor) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--data", default=str(MNIST_T10K), help="folder of MNIST idx files")
-    p.add_argument("--device", nargs="+", default=None, choices=("cpu", "cuda"),
-                   help="default: cpu, and cuda when available")
+    p.add_argument(
+        "--device",
+        nargs="+",
+        default=None,
+        choices=("cpu", "cuda"),
+        help="default: cpu, and cuda when available",
+    )
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024])
-    p.add_argument("--estimators", nargs="+", default=["meanfield", "elbo", "iwae", "dreg"],
-                   choices=sorted(PARTICLES), help="K = 5 for iwae, renyi and dreg")
-    p.add_argument("--capture", nargs="+", default=["graph"], choices=CAPTURE_MODES.names(),
-                   help="pyro-vae step modes to time (the first is the plain case)")
+    p.add_argument(
+        "--estimators",
+        nargs="+",
+        default=["meanfield", "elbo", "iwae", "dreg"],
+        choices=sorted(PARTICLES),
+        help="K = 5 for iwae, renyi and dreg",
+    )
+    p.add_argument(
+        "--capture",
+        nargs="+",
+        default=["graph"],
+        choices=CAPTURE_MODES.names(),
+        help="pyro-vae step modes to time (the first is the plain case)",
+    )
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=20, help="steps per case per round")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per case first")
     p.add_argument("--latent-dim", type=int, default=50)
     p.add_argument("--hidden", type=int, nargs="+", default=[400])
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--epoch-epochs", type=int, default=3,
-                   help="epochs of fit() over 60,000 x 784 (0: skip)")
+    p.add_argument(
+        "--epoch-epochs", type=int, default=3, help="epochs of fit() over 60,000 x 784 (0: skip)"
+    )
     p.add_argument("--epoch-images", type=int, default=60_000)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -250,9 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     if "cuda" in devices and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     images = _images(args.data, max(args.epoch_images, 10_000))
-    print(f"# torch {torch.__version__}, pyro {pyro.__version__}, {platform.processor() or '?'}, "
-          f"{torch.get_num_threads()} threads; MLP 784-{'-'.join(map(str, args.hidden))}-"
-          f"{args.latent_dim}; {args.rounds} rounds x {args.steps} steps per case")
+    print(
+        f"# torch {torch.__version__}, pyro {pyro.__version__}, {platform.processor() or '?'}, "
+        f"{torch.get_num_threads()} threads; MLP 784-{'-'.join(map(str, args.hidden))}-"
+        f"{args.latent_dim}; {args.rounds} rounds x {args.steps} steps per case"
+    )
     results = {"steps": [], "epochs": []}
     for name in devices:
         device = torch.device(name)
@@ -260,27 +307,40 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {torch.cuda.get_device_name(device)}")
         rows = time_steps(args, device, images[:10_000])
         results["steps"] += rows
-        print(f"{'device':6} {'batch':>5} {'case':22} {'ms/step':>8} {'IQR':>6} "
-              f"{'ratio':>6} {'IQR':>6}  how")
+        print(
+            f"{'device':6} {'batch':>5} {'case':22} {'ms/step':>8} {'IQR':>6} "
+            f"{'ratio':>6} {'IQR':>6}  how"
+        )
         for r in rows:
-            mem = (f", CUDA max {r['cuda_max_allocated_mb']:.0f} MB"
-                   if r["cuda_max_allocated_mb"] is not None else "")
-            ratio = ("" if r["ratio"] is None else f"{r['ratio']:6.3f} {r['ratio_iqr']:6.3f}")
-            print(f"{r['device']:6} {r['batch']:5d} {r['case']:22} {r['ms']:8.3f} "
-                  f"{r['ms_iqr']:6.3f} {ratio:13}  {r['mode']}{mem}")
+            mem = (
+                f", CUDA max {r['cuda_max_allocated_mb']:.0f} MB"
+                if r["cuda_max_allocated_mb"] is not None
+                else ""
+            )
+            ratio = "" if r["ratio"] is None else f"{r['ratio']:6.3f} {r['ratio_iqr']:6.3f}"
+            print(
+                f"{r['device']:6} {r['batch']:5d} {r['case']:22} {r['ms']:8.3f} "
+                f"{r['ms_iqr']:6.3f} {ratio:13}  {r['mode']}{mem}"
+            )
         for r in rows:
             if r["ratio"] is not None and r["case"] != "hand-written":
                 print(f"ratio {r['device']} batch={r['batch']} {r['case']} {r['ratio']:.3f}")
         if args.epoch_epochs > 0:
             e = time_epochs(args, device, images[: args.epoch_images])
             results["epochs"].append(e)
-            print(f"epoch {e['device']} {e['images']}x784 batch=128 meanfield: seconds "
-                  + " ".join(f"{s:.2f}" for s in e["seconds"])
-                  + "; peak RSS MB per epoch " + " ".join(f"{m:.0f}" for m in e["rss_mb"])
-                  + ("" if e["cuda_allocated_mb"] is None else
-                     "; CUDA allocated MB per epoch "
-                     + " ".join(f"{m:.0f}" for m in e["cuda_allocated_mb"])
-                     + f" (max {e['cuda_max_allocated_mb']:.0f})"))
+            print(
+                f"epoch {e['device']} {e['images']}x784 batch=128 meanfield: seconds "
+                + " ".join(f"{s:.2f}" for s in e["seconds"])
+                + "; peak RSS MB per epoch "
+                + " ".join(f"{m:.0f}" for m in e["rss_mb"])
+                + (
+                    ""
+                    if e["cuda_allocated_mb"] is None
+                    else "; CUDA allocated MB per epoch "
+                    + " ".join(f"{m:.0f}" for m in e["cuda_allocated_mb"])
+                    + f" (max {e['cuda_max_allocated_mb']:.0f})"
+                )
+            )
     print(f"peak RSS of the process: {peak_rss_mb():.0f} MB")
     if args.json:
         with open(args.json, "w") as f:

@@ -61,7 +61,7 @@ class RSSSampler:
             self.samples.append((time.perf_counter(), rss, gpu))
             time.sleep(self.interval)
 
-    def __enter__(self) -> "RSSSampler":
+    def __enter__(self) -> RSSSampler:
         self._thread.start()
         return self
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -256,7 +257,9 @@ def from_flat(base, values: dict):
     unknown = sorted(set(values) - valid)
     if unknown:
         names = ", ".join(sorted(k.replace("_", "-") for k in valid))
-        raise ValueError(f"unknown setting {unknown[0].replace('_', '-')!r}; valid settings: {names}")
+        raise ValueError(
+            f"unknown setting {unknown[0].replace('_', '-')!r}; valid settings: {names}"
+        )
     return _apply(base, values)
 
 

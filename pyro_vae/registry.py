@@ -8,7 +8,8 @@ typo always answers with the valid names and the closest one, in one wording.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

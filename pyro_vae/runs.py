@@ -9,8 +9,8 @@ A run is a :class:`~pyro_vae.config.RunConfig` made real: its data loaded and pr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pyro
 import torch
@@ -19,8 +19,7 @@ from pyro_vae.config import DataConfig, ModelConfig, RunConfig
 from pyro_vae.data import DataSplit, Preprocess, load_data
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.registry import Registry
-from pyro_vae.train import TrainResult, fit, load_checkpoint
-from pyro_vae.train import rundir
+from pyro_vae.train import TrainResult, fit, load_checkpoint, rundir
 
 #: the splits of a run that can be evaluated
 SPLITS: Registry[None] = Registry.of("split", ("test", "train"))
@@ -57,12 +56,20 @@ def resolve_data(cfg: RunConfig) -> tuple[DataSplit, Preprocess, RunConfig]:
 def build_model(model: ModelConfig, event_shape: Sequence[int], beta: float = 1.0) -> VAE:
     """The VAE of ``model`` for datapoints of ``event_shape``."""
     return build_vae(
-        event_shape, model.likelihood, model.latent_dim, model.hidden, model.arch,
-        model.activation, beta=beta, **model.likelihood_options(),
+        event_shape,
+        model.likelihood,
+        model.latent_dim,
+        model.hidden,
+        model.arch,
+        model.activation,
+        beta=beta,
+        **model.likelihood_options(),
     )
 
 
-def run_training(cfg: RunConfig, out: str | Path | None = None, resume: bool = False) -> TrainResult:
+def run_training(
+    cfg: RunConfig, out: str | Path | None = None, resume: bool = False
+) -> TrainResult:
     """Load data, build the model and :func:`~pyro_vae.train.fit` it: ``pyro-vae train``.
 
     :param out: the run directory (default ``runs/<time>-<dataset>-<likelihood>-<estimator>``).
@@ -80,7 +87,13 @@ def run_training(cfg: RunConfig, out: str | Path | None = None, resume: bool = F
         "environment": rundir.environment(),
     }
     return fit(
-        vae, split.train, split.test, cfg.train, preprocess=pre, out=out, run_config=full,
+        vae,
+        split.train,
+        split.test,
+        cfg.train,
+        preprocess=pre,
+        out=out,
+        run_config=full,
         resume=resume,
     )
 

@@ -35,7 +35,9 @@ def constraint_text(error: BaseException) -> str:
     """torch's invalid-argument message in one line: the parameter, the distribution's name
     and the constraint, without the distribution's arguments or the tensor's values."""
     first = str(error).strip().splitlines()[0].rstrip(":")
-    return re.sub(r"of distribution (\w+)\(.*\) to satisfy", r"of distribution \1 to satisfy", first)
+    return re.sub(
+        r"of distribution (\w+)\(.*\) to satisfy", r"of distribution \1 to satisfy", first
+    )
 
 
 def validation_refusal(error: BaseException | None) -> str | None:

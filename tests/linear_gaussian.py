@@ -13,8 +13,8 @@ import math
 import torch
 from torch import nn
 
-from pyro_vae.models.likelihoods import NormalLikelihood
 from pyro_vae.models import VAE
+from pyro_vae.models.likelihoods import NormalLikelihood
 from pyro_vae.models.networks import Decoder, Encoder
 
 
@@ -41,7 +41,9 @@ class PosteriorEncoder(Encoder):
         self.register_buffer("S", sigma**2 / (sigma**2 + d2))  # (L,)
         self.register_buffer("A", (self.S[:, None] * W.T) / sigma**2)  # (L, D)
         self.b = b
-        self.loc_shift = nn.Parameter(torch.full((self.latent_dim,), float(loc_shift), dtype=W.dtype))
+        self.loc_shift = nn.Parameter(
+            torch.full((self.latent_dim,), float(loc_shift), dtype=W.dtype)
+        )
         self.log_scale_factor = nn.Parameter(
             torch.full((self.latent_dim,), math.log(scale_factor), dtype=W.dtype)
         )

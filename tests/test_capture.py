@@ -9,9 +9,9 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.infer.capture import CapturedLoss
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Preprocess, load_data
+from pyro_vae.infer.capture import CapturedLoss
 from pyro_vae.infer.estimators import DReGELBO, make_estimator
 from pyro_vae.models import build_vae
 from pyro_vae.train import TrainStep, fit
@@ -91,8 +91,9 @@ def test_each_batch_shape_and_kl_weight_gets_its_own_graph():
 def test_dreg_and_python_hooks_run_the_program_eagerly():
     vae = build_vae((6,), "bernoulli", latent_dim=2, hidden=(8,))
     x = _data("bernoulli", (6,), 5, 0)
-    step = TrainStep(vae, TrainConfig(estimator="dreg", particles=3, device="cpu"),
-                     torch.device("cpu"))
+    step = TrainStep(
+        vae, TrainConfig(estimator="dreg", particles=3, device="cpu"), torch.device("cpu")
+    )
     step(x, 1)  # DReG's gradient hooks: the verification refuses the graph (see below)
     assert step.loss.mode.startswith("eager: the recorded graph disagrees with the Pyro program")
 
@@ -183,11 +184,34 @@ def test_compiled_graph_matches_the_program():
 def test_bench_train_prints_a_ratio_line_per_case(tmp_path):
     out = tmp_path / "bench.json"
     res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--rounds", "2",
-         "--steps", "2", "--warmup", "1", "--batch-sizes", "16", "32", "--hidden", "16",
-         "--latent-dim", "2", "--epoch-epochs", "2", "--epoch-images", "256",
-         "--data", str(tmp_path / "absent"), "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_train.py"),
+            "--rounds",
+            "2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--batch-sizes",
+            "16",
+            "32",
+            "--hidden",
+            "16",
+            "--latent-dim",
+            "2",
+            "--epoch-epochs",
+            "2",
+            "--epoch-images",
+            "256",
+            "--data",
+            str(tmp_path / "absent"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr
     lines = [ln.split() for ln in res.stdout.splitlines() if ln.startswith("ratio ")]

@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pyro_vae.apps.cli import build_parser, main as cli_main
+from pyro_vae.apps.cli import build_parser
+from pyro_vae.apps.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,21 +25,64 @@ def test_compare_script_smoke(tmp_path):
     out = tmp_path / "cmp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "error::DeprecationWarning"}
     res = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "compare_estimators.py"),
-         "--dataset", "shapes", "--num-shapes", "256", "--test-size", "40", "--epochs", "1",
-         "--seeds", "0", "1", "2", "--ks", "2", "--iw-samples", "8", "--snr-draws", "3",
-         "--snr-batch", "16", "--latent-dim", "2", "--hidden", "8", "--batch-size", "64",
-         "--out", str(out), "--quiet"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "compare_estimators.py"),
+            "--dataset",
+            "shapes",
+            "--num-shapes",
+            "256",
+            "--test-size",
+            "40",
+            "--epochs",
+            "1",
+            "--seeds",
+            "0",
+            "1",
+            "2",
+            "--ks",
+            "2",
+            "--iw-samples",
+            "8",
+            "--snr-draws",
+            "3",
+            "--snr-batch",
+            "16",
+            "--latent-dim",
+            "2",
+            "--hidden",
+            "8",
+            "--batch-size",
+            "64",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert res.returncode == 0, res.stderr
-    for name in ("comparison.md", "comparison.csv", "runs.csv", "snr.csv", "learning_curves.png",
-                 "snr.png"):
+    for name in (
+        "comparison.md",
+        "comparison.csv",
+        "runs.csv",
+        "snr.csv",
+        "learning_curves.png",
+        "snr.png",
+    ):
         assert (out / name).is_file(), name
     with open(out / "comparison.csv") as f:
         table = list(csv.DictReader(f))
     assert [(r["estimator"], r["K"]) for r in table] == [
-        ("elbo", "1"), ("meanfield", "1"), ("stl", "1"), ("iwae", "2"), ("dreg", "2")]
+        ("elbo", "1"),
+        ("meanfield", "1"),
+        ("stl", "1"),
+        ("iwae", "2"),
+        ("dreg", "2"),
+    ]
     for r in table:
         assert r["seeds"] == "3"
         for key in ("test_elbo_mean", "log_px_mean", "encoder_snr_mean", "decoder_snr_mean"):

@@ -132,9 +132,7 @@ def test_make_shapes_content():
     assert np.all((y[:, 4] >= 0) & (y[:, 4] < 2 * math.pi))
     assert np.all((y[:, 5] >= 0.5) & (y[:, 5] <= 1))
     # Shapes stay inside the frame: the one-pixel border is black everywhere.
-    border = np.concatenate(
-        [x[:, 0, 0, :], x[:, 0, -1, :], x[:, 0, :, 0], x[:, 0, :, -1]], axis=1
-    )
+    border = np.concatenate([x[:, 0, 0, :], x[:, 0, -1, :], x[:, 0, :, 0], x[:, 0, :, -1]], axis=1)
     assert border.max() == 0
     # The brightest pixel of every image is a fully covered one at the shape's intensity.
     np.testing.assert_array_equal(x.reshape(n, -1).max(axis=1), np.rint(255 * y[:, 5]))
@@ -432,9 +430,7 @@ def test_property_any_valid_array_loads_with_the_right_event_shape(data):
     expected = torch.uint8 if dtype in (np.uint8, np.int16) else torch.float32
     assert split.train.dtype == expected and split.test.dtype == expected
     merged = np.sort(torch.cat([split.train, split.test]).numpy().ravel())
-    np.testing.assert_array_equal(
-        merged, np.sort(arr.astype(split.train.numpy().dtype).ravel())
-    )
+    np.testing.assert_array_equal(merged, np.sort(arr.astype(split.train.numpy().dtype).ravel()))
 
 
 # ---------------------------------------------------------------------- torchvision
@@ -584,9 +580,7 @@ def test_dequantization_stays_within_each_level():
 def test_dequantization_clamps_the_float32_rounding_edge(monkeypatch):
     # u just below 1 rounds 255 + u up to 256 in float32; the result must stay below 1.
     levels = torch.tensor([[255, 128, 0]], dtype=torch.uint8)
-    monkeypatch.setattr(
-        torch, "rand", lambda shape, **kw: torch.full(shape, 1 - 2**-24, **kw)
-    )
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, 1 - 2**-24, **kw))
     y = batch_transform(levels, binarize="none", dequantize=True)
     assert bool((y < (levels.float() + 1) / 256).all())
     assert float(y[0, 0]) > 255 / 256

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from pyro_vae.apps.cli import main as cli_main
+from pyro_vae.apps.diagnose import KINDS, diagnose_data, diagnose_split, format_diagnosis
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig
 from pyro_vae.data import DataFormatError, load_data
-from pyro_vae.apps.diagnose import KINDS, diagnose_data, diagnose_split, format_diagnosis
-from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models import build_vae
+from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.registry import UnknownNameError
 from pyro_vae.runs import resolve_data
 from pyro_vae.train import check_data
@@ -45,8 +45,10 @@ def _reals():
 
 
 def test_binary_data_fit_the_bernoulli_and_make_densities_unbounded():
-    for x in (_rng().integers(0, 2, (N, D)).astype(np.float32),
-              (_rng().integers(0, 2, (N, D)) * 255).astype(np.uint8)):
+    for x in (
+        _rng().integers(0, 2, (N, D)).astype(np.float32),
+        (_rng().integers(0, 2, (N, D)) * 255).astype(np.uint8),
+    ):
         d = diagnose_data(x)
         assert d.kind == "binary" and d.num_distinct == 2
         assert set(d.valid_likelihoods) == set(LIKELIHOODS)
@@ -71,8 +73,11 @@ def test_8bit_grey_levels():
     assert (cb.binarize, cb.dequantize) == ("none", True) and cb.caution is None
     assert d.advice_on("bce-grey") and d.advice_on("mse") and not d.advice_on("levels")
     # the sd per dimension of U{0..255}/255 is about 0.29: the MSE's sigma is 2.4 times it
-    assert re.search(r"the fixed sigma 0\.707 is 2\.[45]\d* times the data's standard "
-                     r"deviation per dimension, s = 0\.2[89]", d.advice_on("mse")[0].text)
+    assert re.search(
+        r"the fixed sigma 0\.707 is 2\.[45]\d* times the data's standard "
+        r"deviation per dimension, s = 0\.2[89]",
+        d.advice_on("mse")[0].text,
+    )
     # grey levels are not Bernoulli outcomes: without binarization the bernoulli refuses them
     raw = diagnose_data(_grey8(), binarize="none")
     assert not raw.verdict("bernoulli").valid
@@ -90,11 +95,15 @@ def test_17_levels_stored_as_uint8_are_caught_and_the_suggested_rescaling_fixes_
     assert "np.round(x * (255 / 16)).astype(np.uint8)" in advice.text
     assert d.advice_on("bce-grey") and d.advice_on("mse")
     # floats on the 17 exact levels are offered only with the warning the verdicts give them
-    assert "float32 instead would leave 17 exact values, on which a density grows without " \
+    assert (
+        "float32 instead would leave 17 exact values, on which a density grows without "
         "bound" in advice.text
+    )
     floats01 = diagnose_data(x.astype(np.float32) / 16)
-    assert all("17 distinct values" in floats01.verdict(n).caution
-               for n in ("continuous-bernoulli", "normal"))
+    assert all(
+        "17 distinct values" in floats01.verdict(n).caution
+        for n in ("continuous-bernoulli", "normal")
+    )
     report = " ".join(format_diagnosis(d, "continuous-bernoulli").split())
     assert "[levels]" in report and "need rescaling" in report
     # the rescaling the report suggests spreads the 17 levels over 0..255 (no uint8 overflow)
@@ -206,8 +215,10 @@ def test_verdicts_agree_with_what_the_trainer_does(source, tmp_path):
     d = diagnose_split(load_data(dataset, num_shapes=100, test_size=20))
     for name in LIKELIHOODS:
         verdict = d.verdict(name)
-        cfg = RunConfig(model=ModelConfig(likelihood=name),
-                        data=DataConfig(dataset=dataset, num_shapes=100, test_size=20))
+        cfg = RunConfig(
+            model=ModelConfig(likelihood=name),
+            data=DataConfig(dataset=dataset, num_shapes=100, test_size=20),
+        )
         try:
             split, pre, _ = resolve_data(cfg)  # binarizing reals fails here already
             assert (verdict.binarize, verdict.dequantize) == (pre.binarize, pre.dequantize)
@@ -253,8 +264,13 @@ def test_cli_subprocess_catches_17_levels(tmp_path):
     np.save(path, _levels17().reshape(N, 4, 4))
     exe = Path(sys.executable).parent / "pyro-vae"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "error::DeprecationWarning"}
-    res = subprocess.run([str(exe), "diagnose", "--dataset", str(path), "--test-size", "10"],
-                         capture_output=True, text=True, timeout=120, env=env)
+    res = subprocess.run(
+        [str(exe), "diagnose", "--dataset", str(path), "--test-size", "10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr
     out = " ".join(res.stdout.split())
     assert "17 grey levels 0..16 stored as uint8" in out
@@ -268,10 +284,15 @@ def test_readme_answers_run(capsys):
     from pyro_vae.apps.pitfalls import add_pitfalls_flags, config_from_args
 
     readme = (ROOT / "README.md").read_text()
-    section = re.search(r"^## Why is my VAE loss negative\?\n(.*?)(?=^## )", readme,
-                        re.S | re.M).group(1)
-    commands = [c for block in re.findall(r"```bash\n(.*?)\n\s*```", section, re.S)
-                for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+    section = re.search(
+        r"^## Why is my VAE loss negative\?\n(.*?)(?=^## )", readme, re.S | re.M
+    ).group(1)
+    commands = [
+        c
+        for block in re.findall(r"```bash\n(.*?)\n\s*```", section, re.S)
+        for c in block.replace("\\\n", " ").splitlines()
+        if c.strip()
+    ]
     assert len(commands) >= 8
     for command in commands:
         argv = shlex.split(command)

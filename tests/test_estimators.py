@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from linear_gaussian import exact_log_px, make_problem, make_vae
 from pyro_vae.infer.estimators import ESTIMATORS, ImportanceWeightedELBO, check_beta, make_estimator
 from pyro_vae.registry import UnknownNameError
+
+from linear_gaussian import exact_log_px, make_problem, make_vae
 
 SIGMA = 0.5
 
@@ -27,8 +28,14 @@ def per_datapoint_elbo(name, vae, x, K=1, **kw):
 
 @pytest.mark.parametrize(
     "name,K,alpha",
-    [("elbo", 1, None), ("elbo", 4, None), ("iwae", 1, None), ("iwae", 5, None),
-     ("renyi", 5, 0.5), ("renyi", 3, -1.0)],
+    [
+        ("elbo", 1, None),
+        ("elbo", 4, None),
+        ("iwae", 1, None),
+        ("iwae", 5, None),
+        ("renyi", 5, 0.5),
+        ("renyi", 3, -1.0),
+    ],
 )
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_exact_posterior_gives_exact_log_px_for_any_sample(problem, name, K, alpha, seed):
@@ -136,7 +143,9 @@ def test_beta_scales_the_kl_term_in_every_kl_estimator(problem):
                 tr = pyro.poutine.trace(vae.guide).get_trace(x)
                 z = tr.nodes["z"]["value"]
                 pyro.set_rng_seed(7)
-                values.append(make_estimator(name).differentiable_loss(vae.model, vae.guide, x).item())
+                values.append(
+                    make_estimator(name).differentiable_loss(vae.model, vae.guide, x).item()
+                )
             log_ratio = (Normal(loc, scale).log_prob(z) - Normal(0.0, 1.0).log_prob(z)).sum().item()
             kl_term = kl if name == "meanfield" else log_ratio
             # loss = -E log p(x|z) + beta * KL

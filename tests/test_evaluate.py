@@ -16,10 +16,9 @@ import pytest
 import torch
 from pyro import poutine
 
-from linear_gaussian import exact_log_px, make_problem, make_vae
+from pyro_vae.apps.evaluate import evaluate_run
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import Preprocess
-from pyro_vae.apps.evaluate import evaluate_run
 from pyro_vae.eval import (
     CounterNoise,
     active_units,
@@ -34,6 +33,8 @@ from pyro_vae.eval import (
 from pyro_vae.eval.bounds import bits_per_dim_reason
 from pyro_vae.models import build_vae
 from pyro_vae.runs import run_training
+
+from linear_gaussian import exact_log_px, make_problem, make_vae
 
 SIGMA = 0.5
 
@@ -79,8 +80,9 @@ def test_guide_particles_do_not_depend_on_chunks(problem):
     vae = make_vae(W, b, SIGMA, loc_shift=0.3, scale_factor=1.5)
 
     def particles(n0, n1, k0, k1):
-        noise = CounterNoise(5, data_offset=n0, particle_offset=k0, num_particles=k1 - k0,
-                             particle_dim=-2)
+        noise = CounterNoise(
+            5, data_offset=n0, particle_offset=k0, num_particles=k1 - k0, particle_dim=-2
+        )
         with pyro.plate("particles", k1 - k0, dim=-2):
             tr = poutine.trace(noise(vae.guide)).get_trace(x[n0:n1])
         site = tr.nodes["z"]
@@ -183,8 +185,10 @@ def test_small_memory_budget_forces_chunking_and_changes_nothing():
         torch.testing.assert_close(r.ess, full.ess, rtol=1e-3, atol=0)
 
 
-@pytest.mark.parametrize("K,N,pair,mb", [(5000, 10000, 66000, 1024), (5000, 3, 10, 1.0),
-                                          (7, 100, 10**9, 1e-3), (1, 1, 1, 1.0)])
+@pytest.mark.parametrize(
+    "K,N,pair,mb",
+    [(5000, 10000, 66000, 1024), (5000, 3, 10, 1.0), (7, 100, 10**9, 1e-3), (1, 1, 1, 1.0)],
+)
 def test_chunk_sizes_fit_the_budget(K, N, pair, mb):
     k, b = choose_chunks(K, N, pair, mb)
     assert 1 <= k <= K and 1 <= b <= N
@@ -292,8 +296,21 @@ def test_evaluate_run_writes_summary_report_and_pictures(tmp_path):
     run_training(cfg, out=run)
     s = evaluate_run(run, iw_samples=40, elbo_particles=20, quiet=True)
     assert json.loads((run / "summary.json").read_text()) == s
-    assert {"log_px", "log_px_se", "ess_mean", "ess_median", "elbo", "recon", "kl", "kl_per_dim",
-            "active_units", "bits_per_dim", "seconds", "particle_chunk", "data_chunk"} <= set(s)
+    assert {
+        "log_px",
+        "log_px_se",
+        "ess_mean",
+        "ess_median",
+        "elbo",
+        "recon",
+        "kl",
+        "kl_per_dim",
+        "active_units",
+        "bits_per_dim",
+        "seconds",
+        "particle_chunk",
+        "data_chunk",
+    } <= set(s)
     assert s["num"] == 40 and s["num_dims"] == 784 and s["iw_samples"] == 40
     assert s["log_px"] >= s["elbo"] - 3 * s["elbo_se"]
     assert s["elbo"] == pytest.approx(s["recon"] - s["kl"])
@@ -319,13 +336,23 @@ def test_evaluate_run_writes_summary_report_and_pictures(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning"}
     res = subprocess.run(
         [str(exe), "evaluate", str(run), "--iw-samples", "5", "--seed", "1", "--quiet"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr
     assert "log p(x), importance sampled, K = 5" in res.stdout and "bits/dim" in res.stdout
     assert json.loads((run / "summary.json").read_text())["iw_samples"] == 5
-    res = subprocess.run([str(exe), "evaluate", str(run), "--iw-samples", "0"],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    res = subprocess.run(
+        [str(exe), "evaluate", str(run), "--iw-samples", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert res.returncode != 0 and "iw_samples must be >= 1" in res.stderr
 
 
@@ -336,9 +363,22 @@ MNIST_T10K = ROOT.parent / "shared" / "data" / "mnist-t10k"
 @pytest.mark.skipif(not MNIST_T10K.is_dir(), reason="shared MNIST t10k folder not present")
 def test_benchmark_script_smoke():
     res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_evaluate.py"), "--num", "20",
-         "--iw-samples", "10", "--train-epochs", "0", "--memory-budget-mb", "1"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_evaluate.py"),
+            "--num",
+            "20",
+            "--iw-samples",
+            "10",
+            "--train-epochs",
+            "0",
+            "--memory-budget-mb",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])

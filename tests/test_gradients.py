@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from linear_gaussian import make_problem, make_vae
 from pyro_vae.eval.gradients import gradient_snr, plot_snr, snr_table
 from pyro_vae.infer.estimators import make_estimator
+
+from linear_gaussian import make_problem, make_vae
 
 SIGMA = 0.5
 
@@ -51,10 +52,14 @@ def test_gradient_snr_summarizes_the_draws():
     R = 7
     rows = gradient_snr(vae, x, "iwae", [3], R=R, seed=11)
     assert [(r.estimator, r.K, r.group) for r in rows] == [
-        ("iwae", 3, "encoder"), ("iwae", 3, "decoder")]
+        ("iwae", 3, "encoder"),
+        ("iwae", 3, "decoder"),
+    ]
     # the same draws by hand: seed 11 in a forked RNG, one gradient per draw
-    groups = {"encoder": list(vae.encoder.parameters()),
-              "decoder": list(vae.decoder.parameters()) + list(vae.likelihood.parameters())}
+    groups = {
+        "encoder": list(vae.encoder.parameters()),
+        "decoder": list(vae.decoder.parameters()) + list(vae.likelihood.parameters()),
+    }
     est = make_estimator("iwae", 3)
     torch.manual_seed(11)
     draws = {g: [] for g in groups}

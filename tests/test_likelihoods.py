@@ -7,17 +7,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linear_gaussian import LinearDecoder, make_problem
 from pyro_vae.infer.estimators import make_estimator
+from pyro_vae.models import VAE
 from pyro_vae.models.likelihoods import (
     LIKELIHOODS,
     DataSupportError,
     NormalLikelihood,
     make_likelihood,
 )
-from pyro_vae.models import VAE
 from pyro_vae.models.networks import MLPEncoder
 from pyro_vae.registry import UnknownNameError
+
+from linear_gaussian import LinearDecoder, make_problem
 
 LAMBDAS = [1e-4, 0.3, 0.4999, 0.5, 0.5001, 0.9]
 
@@ -62,9 +63,7 @@ def test_normal_log_prob_is_the_closed_form_with_all_constants(mode):
     x = torch.randn(4, D, dtype=torch.float64)
     loc = params[:, 0]
     sigma = lik.log_scale(params).exp().expand(4, D)
-    expected = (
-        -0.5 * ((x - loc) / sigma) ** 2 - sigma.log() - 0.5 * math.log(2 * math.pi)
-    ).sum(-1)
+    expected = (-0.5 * ((x - loc) / sigma) ** 2 - sigma.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
     torch.testing.assert_close(lik.distribution(params).log_prob(x), expected)
     # sigma starts at init_scale (in decoder mode: when the decoder's raw output is 0)
     start = lik.log_scale(torch.zeros_like(params)).exp().expand(4, D)
@@ -87,7 +86,7 @@ def test_learned_shared_sigma_recovers_the_noise_level():
     vae = VAE(MLPEncoder((10,), 2, hidden=(32,)), dec, lik)
     opt = torch.optim.Adam(vae.parameters(), lr=2e-2)
     est = make_estimator("meanfield")
-    for step in range(1500):
+    for _ in range(1500):
         opt.zero_grad()
         loss = est.differentiable_loss(vae.model, vae.guide, x) / x.shape[0]
         loss.backward()

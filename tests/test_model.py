@@ -19,7 +19,8 @@ CASES = [
 
 @pytest.mark.parametrize("likelihood,options", CASES)
 @pytest.mark.parametrize(
-    "arch,shape", [("mlp", (1, 28, 28)), ("mlp", (12,)), ("conv", (1, 28, 28)), ("conv", (3, 32, 32))]
+    "arch,shape",
+    [("mlp", (1, 28, 28)), ("mlp", (12,)), ("conv", (1, 28, 28)), ("conv", (3, 32, 32))],
 )
 @pytest.mark.parametrize("batch", [1, 7])
 def test_site_shapes(likelihood, options, arch, shape, batch):
@@ -35,7 +36,11 @@ def test_site_shapes(likelihood, options, arch, shape, batch):
     assert z["fn"].event_shape == (3,) and z["log_prob"].shape == (batch,)
     assert xs["fn"].batch_shape == (batch,) and xs["fn"].event_shape == shape
     assert xs["log_prob"].shape == (batch,)
-    assert model_tr.nodes["_RETURN"]["value"].shape == (batch, vae.likelihood.params_per_dim, *shape)
+    assert model_tr.nodes["_RETURN"]["value"].shape == (
+        batch,
+        vae.likelihood.params_per_dim,
+        *shape,
+    )
     # vectorized particles add one leading dimension everywhere
     K = 4
     log_w, _ = make_estimator("iwae", K).log_weights(vae.model, vae.guide, x)

@@ -14,11 +14,16 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from linear_gaussian import exact_log_px, make_problem, make_vae
 from pyro_vae.config import TrainConfig
 from pyro_vae.infer.estimators import (
-    ESTIMATORS, DReGELBO, ImportanceWeightedELBO, StickingTheLandingELBO, make_estimator,
+    ESTIMATORS,
+    DReGELBO,
+    ImportanceWeightedELBO,
+    StickingTheLandingELBO,
+    make_estimator,
 )
+
+from linear_gaussian import exact_log_px, make_problem, make_vae
 
 SIGMA = 0.5
 
@@ -47,7 +52,6 @@ def _loss_and_grads(vae, name, K, x, seed):
 
 def _flat(grads: dict, prefix: str) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for n, g in grads.items() if n.startswith(prefix)])
-
 
 
 # ----------------------------------------------------------------------- exactness
@@ -95,6 +99,7 @@ def test_path_gradient_of_the_guide_is_zero_at_the_exact_posterior(problem, new,
     # every draw; the score-function part of the usual gradient is not
     W, b, x, _ = problem
     vae = make_vae(W, b, SIGMA)
+
     def draws(name):  # (20, encoder parameters)
         return torch.stack(
             [_flat(_loss_and_grads(vae, name, K, x, s)[1], "encoder") for s in range(20)]
@@ -138,8 +143,16 @@ def test_dreg_and_iwae_gradients_have_the_same_expectation():
         log_w, _, _, _ = dreg._traced_log_weights(model, guide, (x,), {}, detach_guide=True)
         return -(torch.logsumexp(log_w, 0) - math.log(K)).sum()
 
-    g = _paired_draws(vae, x, {"iwae": iwae.differentiable_loss, "dreg": dreg.differentiable_loss,
-                               "biased": iwae_with_stl_gradient}, R)
+    g = _paired_draws(
+        vae,
+        x,
+        {
+            "iwae": iwae.differentiable_loss,
+            "dreg": dreg.differentiable_loss,
+            "biased": iwae_with_stl_gradient,
+        },
+        R,
+    )
     assert torch.equal(g["dreg"][:, n_enc:], g["iwae"][:, n_enc:])  # decoder: IWAE's, exactly
     z = _paired_z(g["dreg"][:, :n_enc], g["iwae"][:, :n_enc])
     assert z.abs().max() < 5, z
@@ -170,7 +183,6 @@ def test_stl_and_elbo_gradients_have_the_same_expectation_with_a_kl_weight():
     assert signal[:n_enc].abs().min() > 10, signal
     # STL's point: less variance for the same expectation
     assert (g["stl"][:, :n_enc].var(0) < g["elbo"][:, :n_enc].var(0)).all()
-
 
 
 # ----------------------------------------------------------------------- registry and refusals

@@ -13,7 +13,6 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_vae.models import VAE
 from pyro_vae.apps.pitfalls import (
     PITFALLS,
     FixedScaleNormalLikelihood,
@@ -21,6 +20,7 @@ from pyro_vae.apps.pitfalls import (
     UnnormalizedBernoulli,
 )
 from pyro_vae.config import from_flat
+from pyro_vae.models import VAE
 from pyro_vae.models.likelihoods import mse_scale
 from pyro_vae.registry import UnknownNameError
 
@@ -74,7 +74,9 @@ def test_bce_on_grey_levels_is_the_continuous_bernoulli_without_its_normalizer()
     mass = torch.trapezoid(bce.exp(), x[:, 0], dim=0)
     torch.testing.assert_close(mass, torch.exp(-_log_C(lam)), rtol=1e-8, atol=0)
     assert (mass < 0.5).all()
-    half = UnnormalizedBernoulli(logits=torch.zeros((), dtype=torch.float64)).log_prob(x[:, 0]).exp()
+    half = (
+        UnnormalizedBernoulli(logits=torch.zeros((), dtype=torch.float64)).log_prob(x[:, 0]).exp()
+    )
     assert abs(torch.trapezoid(half, x[:, 0]).item() - 0.5) < 1e-12  # the most it reaches
 
 
@@ -128,11 +130,36 @@ def test_experiment_smoke(tmp_path):
     out = tmp_path / "pitfalls"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "error::DeprecationWarning"}
     res = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "loss_pitfalls.py"),
-         "--dataset", "shapes", "--num-shapes", "200", "--test-size", "40", "--epochs", "1",
-         "--iw-samples", "4", "--elbo-particles", "2", "--latent-dim", "2", "--hidden", "8",
-         "--batch-size", "50", "--out", str(out), "--quiet"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "loss_pitfalls.py"),
+            "--dataset",
+            "shapes",
+            "--num-shapes",
+            "200",
+            "--test-size",
+            "40",
+            "--epochs",
+            "1",
+            "--iw-samples",
+            "4",
+            "--elbo-particles",
+            "2",
+            "--latent-dim",
+            "2",
+            "--hidden",
+            "8",
+            "--batch-size",
+            "50",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert res.returncode == 0, res.stderr
     names = ("pixel-mean", "bce-grey", "mse", "logvar-std")
@@ -141,7 +168,8 @@ def test_experiment_smoke(tmp_path):
     report = json.loads((out / "results.json").read_text())
     programs = report["programs"]
     assert [(p["pitfall"], p["role"]) for p in programs] == [
-        (n, r) for n in names for r in ("mistake", "correct")]
+        (n, r) for n in names for r in ("mistake", "correct")
+    ]
     D = report["data"]["num_dims"]
     for p in programs:
         if (p["pitfall"], p["role"]) == ("logvar-std", "mistake"):

@@ -3,7 +3,6 @@
 import re
 from pathlib import Path
 
-
 from pyro_vae.models.likelihoods import LIKELIHOODS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,13 +27,13 @@ import pytest
 import torch
 
 from pyro_vae.apps import cli
-from pyro_vae.train.checkpoint import CheckpointError, safe_load
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import Preprocess, load_data
 from pyro_vae.models import build_vae
-from pyro_vae.train.rundir import RunDirectoryError
 from pyro_vae.runs import load_run, run_training
 from pyro_vae.train import NonFiniteLossError, TrainingInterrupted, fit
+from pyro_vae.train.checkpoint import CheckpointError, safe_load
+from pyro_vae.train.rundir import RunDirectoryError
 
 SMALL = dict(latent_dim=2, hidden=(8,))
 BIN = Preprocess("dynamic")
@@ -110,8 +110,21 @@ def flat_data(tmp_path_factory) -> Path:
 
 
 def _flat_args(data: Path, *extra) -> list:
-    return ["train", "--dataset", data, "--test-size", 16, "--batch-size", 16, "--latent-dim", 2,
-            "--hidden", 8, "--quiet", *extra]
+    return [
+        "train",
+        "--dataset",
+        data,
+        "--test-size",
+        16,
+        "--batch-size",
+        16,
+        "--latent-dim",
+        2,
+        "--hidden",
+        8,
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +202,7 @@ def test_unwritable_run_directory_fails_before_training(tmp_path, capsys, flat_d
 
 
 @pytest.mark.parametrize("fail_at_epoch", [0, 2])
-def test_disk_full_stops_cleanly_keeping_the_last_checkpoint(tmp_path, monkeypatch,
-                                                            fail_at_epoch):
+def test_disk_full_stops_cleanly_keeping_the_last_checkpoint(tmp_path, monkeypatch, fail_at_epoch):
     x = torch.rand(64, 4).round()
     cfg = TrainConfig(epochs=3, batch_size=16, quiet=True)
     torch.manual_seed(0)
@@ -199,8 +211,13 @@ def test_disk_full_stops_cleanly_keeping_the_last_checkpoint(tmp_path, monkeypat
 
     def full_disk(obj, f, *args, **kwargs):
         if obj["epoch"] == fail_at_epoch:
-            before.update({k: v for k, v in _files(tmp_path / "run").items()
-                           if k not in _temp_files(tmp_path / "run")})
+            before.update(
+                {
+                    k: v
+                    for k, v in _files(tmp_path / "run").items()
+                    if k not in _temp_files(tmp_path / "run")
+                }
+            )
             f.write(b"\0" * 100)  # a part of the file made it to the disk
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_save(obj, f, *args, **kwargs)
@@ -242,8 +259,11 @@ def test_a_new_run_does_not_overwrite_an_existing_one(capsys, finished_run, flat
 def test_corrupt_checkpoint_is_refused_and_nothing_is_overwritten(capsys, finished_run, damage):
     path = finished_run / "checkpoint.pt"
     data = path.read_bytes()
-    path.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)),
-                      "empty": b""}[damage])
+    path.write_bytes(
+        {"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b""}[
+            damage
+        ]
+    )
     before = _files(finished_run)
     with pytest.raises(CheckpointError, match="nothing was overwritten"):
         safe_load(path)
@@ -255,8 +275,9 @@ def test_corrupt_checkpoint_is_refused_and_nothing_is_overwritten(capsys, finish
 
 def test_checkpoint_of_another_configuration_lists_the_mismatch(capsys, finished_run):
     before = _files(finished_run)
-    rc, err = _main(["train", "--resume", finished_run, "--lr", "0.002", "--batch-size", "8"],
-                    capsys)
+    rc, err = _main(
+        ["train", "--resume", finished_run, "--lr", "0.002", "--batch-size", "8"], capsys
+    )
     assert rc == 1
     assert "train.batch_size: checkpoint 16, now 8" in err
     assert "train.lr: checkpoint 0.001, now 0.002" in err
@@ -289,8 +310,14 @@ class _Payload:
 def test_malicious_pickle_is_refused_and_never_run(tmp_path, capsys, finished_run, container):
     marker = tmp_path / "PWNED"
     path = finished_run / "checkpoint.pt"
-    payload = {"model": _Payload(marker), "optimizer": {}, "rng": {}, "epoch": 0, "step": 0,
-               "config": {}}
+    payload = {
+        "model": _Payload(marker),
+        "optimizer": {},
+        "rng": {},
+        "epoch": 0,
+        "step": 0,
+        "config": {},
+    }
     if container == "pickle":
         path.write_bytes(pickle.dumps(payload))
     else:
@@ -325,8 +352,7 @@ def test_malicious_pickle_is_refused_and_never_run(tmp_path, capsys, finished_ru
         ("encoder", 1e30, "bernoulli", "KL"),  # |z| ~ 1e30: log p(z) = -inf
     ],
 )
-def test_non_finite_loss_names_the_step_and_the_term(tmp_path, network, factor, likelihood,
-                                                     term):
+def test_non_finite_loss_names_the_step_and_the_term(tmp_path, network, factor, likelihood, term):
     validation = factor != factor  # NaN: Pyro's argument check refuses it before any loss
     x = torch.rand(64, 4)
     if likelihood == "bernoulli":
@@ -339,8 +365,11 @@ def test_non_finite_loss_names_the_step_and_the_term(tmp_path, network, factor, 
         fit(vae, x, None, cfg, out=tmp_path)
     message = str(info.value)
     assert info.value.step == 6 and info.value.term == term
-    what = ("Pyro's validation refused a distribution parameter" if validation
-            else "the training loss or its gradient became non-finite")
+    what = (
+        "Pyro's validation refused a distribution parameter"
+        if validation
+        else "the training loss or its gradient became non-finite"
+    )
     assert message.startswith(f"{what} at step 6 (epoch 2)")
     if validation:
         assert "is invalid (Expected parameter" in message and "tensor(" not in message
@@ -400,8 +429,14 @@ def test_sigint_saves_mid_epoch_and_resume_is_bit_identical(tmp_path):
 
 def _pyro_vae(*args, **kwargs):
     exe = Path(sys.executable).parent / "pyro-vae"
-    return subprocess.Popen([str(exe), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ONE_THREAD, **kwargs)
+    return subprocess.Popen(
+        [str(exe), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ONE_THREAD,
+        **kwargs,
+    )
 
 
 def _wait_for(predicate, timeout=120.0):
@@ -413,8 +448,19 @@ def _wait_for(predicate, timeout=120.0):
 
 def test_sigint_to_the_cli_saves_exits_130_and_resume_continues(tmp_path):
     run = tmp_path / "run"
-    args = ["--num-shapes", 200, "--test-size", 50, "--batch-size", 50, "--latent-dim", 2,
-            "--hidden", 16, "--quiet"]
+    args = [
+        "--num-shapes",
+        200,
+        "--test-size",
+        50,
+        "--batch-size",
+        50,
+        "--latent-dim",
+        2,
+        "--hidden",
+        16,
+        "--quiet",
+    ]
     proc = _pyro_vae("train", *args, "--epochs", 10_000, "--out", run)
     _wait_for(lambda: (run / "metrics.jsonl").is_file() or proc.poll() is not None)
     time.sleep(0.2)
@@ -432,9 +478,11 @@ def test_sigint_to_the_cli_saves_exits_130_and_resume_continues(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     # the same as a run never interrupted, bit for bit
-    cfg = RunConfig(model=ModelConfig(latent_dim=2, hidden=(16,)),
-                    data=DataConfig(num_shapes=200, test_size=50),
-                    train=TrainConfig(epochs=epochs, batch_size=50, quiet=True))
+    cfg = RunConfig(
+        model=ModelConfig(latent_dim=2, hidden=(16,)),
+        data=DataConfig(num_shapes=200, test_size=50),
+        train=TrainConfig(epochs=epochs, batch_size=50, quiet=True),
+    )
     straight = run_training(cfg, out=None)
     resumed, _ = load_run(run, "checkpoint")
     _assert_same_params(_params(straight.vae), _params(resumed))
@@ -487,8 +535,13 @@ class _Zygote:
 
     def __init__(self, folder: Path):
         self.folder, self.count, self.live = folder, 0, set()
-        self.proc = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=ONE_THREAD)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=ONE_THREAD,
+        )
 
     def _ask(self, request: dict) -> int:
         self.proc.stdin.write(json.dumps(request) + "\n")
@@ -522,8 +575,19 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path):
     `checkpoint.pt` loads with weights_only and no progress is lost; the run that finally
     completes equals one never killed, bit for bit."""
     run, straight = tmp_path / "run", tmp_path / "straight"
-    args = ["--num-shapes", 200, "--test-size", 50, "--batch-size", 50, "--latent-dim", 2,
-            "--hidden", 16, "--quiet"]
+    args = [
+        "--num-shapes",
+        200,
+        "--test-size",
+        50,
+        "--batch-size",
+        50,
+        "--latent-dim",
+        2,
+        "--hidden",
+        16,
+        "--quiet",
+    ]
     ckpt = run / "checkpoint.pt"
     rng = random.Random(0)
     zygote = _Zygote(tmp_path)

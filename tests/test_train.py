@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.train.checkpoint import CheckpointError, safe_load
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import Preprocess, load_data
 from pyro_vae.models import build_vae
 from pyro_vae.runs import load_run, run_training
 from pyro_vae.train import NonFiniteLossError, fit
+from pyro_vae.train.checkpoint import CheckpointError, safe_load
 
 SMALL = dict(latent_dim=4, hidden=(32,))
 
@@ -35,12 +35,22 @@ def test_elbo_improves_on_the_embedded_data(tmp_path):
     assert result.best_test_elbo == max(elbos)
     # run directory contents
     names = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"config.json", "metrics.jsonl", "metrics.csv", "checkpoint.pt", "best.pt",
-            "reconstructions.png", "samples.png", "curves.png"} <= names
+    assert {
+        "config.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "checkpoint.pt",
+        "best.pt",
+        "reconstructions.png",
+        "samples.png",
+        "curves.png",
+    } <= names
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data"]["binarize"] == "dynamic" and config["event_shape"] == [1, 28, 28]
     assert config["environment"]["pyro"]
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert set(rows[0]) >= {"epoch", "step", "train_elbo", "test_elbo", "seconds", "lr", "beta"}
     assert rows[-1]["step"] == 4 * 10  # 600 / 64 -> 10 steps per epoch
@@ -54,7 +64,9 @@ def _params(vae):
 def test_resume_is_bit_identical(tmp_path, estimator, extra):
     cfg = small_config(estimator=estimator, **extra)
     straight = run_training(cfg, out=tmp_path / "a")
-    one = RunConfig(model=cfg.model, data=cfg.data, train=TrainConfig(**{**cfg.train.__dict__, "epochs": 1}))
+    one = RunConfig(
+        model=cfg.model, data=cfg.data, train=TrainConfig(**{**cfg.train.__dict__, "epochs": 1})
+    )
     run_training(one, out=tmp_path / "b")
     torch.manual_seed(1234)  # whatever happens in between must not matter
     resumed = run_training(cfg, out=tmp_path / "b", resume=True)
@@ -67,8 +79,11 @@ def test_resume_is_bit_identical(tmp_path, estimator, extra):
 
 def test_resume_refuses_another_model(tmp_path):
     run_training(small_config(epochs=1), out=tmp_path / "r")
-    other = RunConfig(model=ModelConfig(latent_dim=5, hidden=(32,)), data=small_config().data,
-                      train=small_config().train)
+    other = RunConfig(
+        model=ModelConfig(latent_dim=5, hidden=(32,)),
+        data=small_config().data,
+        train=small_config().train,
+    )
     with pytest.raises(CheckpointError, match="model.latent_dim: checkpoint 4, now 5"):
         run_training(other, out=tmp_path / "r", resume=True)
 
@@ -143,7 +158,9 @@ def test_load_run_loads_the_state_asked_for(tmp_path):
     cfg = small_config(epochs=1)
     run_training(cfg, out=tmp_path / "r")
     shutil.copy(tmp_path / "r" / "checkpoint.pt", tmp_path / "epoch1.pt")
-    longer = RunConfig(model=cfg.model, data=cfg.data, train=TrainConfig(**{**cfg.train.__dict__, "epochs": 2}))
+    longer = RunConfig(
+        model=cfg.model, data=cfg.data, train=TrainConfig(**{**cfg.train.__dict__, "epochs": 2})
+    )
     result = run_training(longer, out=tmp_path / "r", resume=True)
     shutil.copy(tmp_path / "epoch1.pt", tmp_path / "r" / "best.pt")  # best != latest
     latest, _ = load_run(tmp_path / "r", "checkpoint")
@@ -176,7 +193,9 @@ def test_resume_drops_metric_rows_newer_than_the_checkpoint(tmp_path):
     metrics = tmp_path / "r" / "metrics.jsonl"
     # a crash after writing metrics but before the checkpoint leaves a row the checkpoint lacks
     metrics.write_text(metrics.read_text() + json.dumps({"epoch": 2, "test_elbo": 1e9}) + "\n")
-    longer = RunConfig(model=cfg.model, data=cfg.data, train=TrainConfig(**{**cfg.train.__dict__, "epochs": 2}))
+    longer = RunConfig(
+        model=cfg.model, data=cfg.data, train=TrainConfig(**{**cfg.train.__dict__, "epochs": 2})
+    )
     result = run_training(longer, out=tmp_path / "r", resume=True)
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["test_elbo"] < 0
@@ -185,16 +204,38 @@ def test_resume_drops_metric_rows_newer_than_the_checkpoint(tmp_path):
 
 # ------------------------------------------------------------------ command line, subprocess
 
+
 def _cli(*args, cwd, module=False):
-    cmd = [sys.executable, "-m", "pyro_vae"] if module else [str(Path(sys.executable).parent / "pyro-vae")]
+    cmd = (
+        [sys.executable, "-m", "pyro_vae"]
+        if module
+        else [str(Path(sys.executable).parent / "pyro-vae")]
+    )
     env = {**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning"}
-    return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_cli_train_smoke_and_sample(tmp_path):
     out = tmp_path / "run"
-    res = _cli("train", "--epochs", "1", "--num-shapes", "500", "--test-size", "100",
-               "--latent-dim", "3", "--hidden", "32", "--out", str(out), "--quiet", cwd=tmp_path)
+    res = _cli(
+        "train",
+        "--epochs",
+        "1",
+        "--num-shapes",
+        "500",
+        "--test-size",
+        "100",
+        "--latent-dim",
+        "3",
+        "--hidden",
+        "32",
+        "--out",
+        str(out),
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert "test ELBO (nats per datapoint" in res.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -205,15 +246,29 @@ def test_cli_train_smoke_and_sample(tmp_path):
 
 
 def test_cli_config_file_and_flag_precedence(tmp_path):
-    (tmp_path / "c.toml").write_text('epochs = 1\nlatent-dim = 3\nhidden = [16]\nnum_shapes = 300\n'
-                                     'test-size = 50\nlikelihood = "continuous-bernoulli"\n')
+    (tmp_path / "c.toml").write_text(
+        "epochs = 1\nlatent-dim = 3\nhidden = [16]\nnum_shapes = 300\n"
+        'test-size = 50\nlikelihood = "continuous-bernoulli"\n'
+    )
     out = tmp_path / "run"
-    res = _cli("train", "--config", "c.toml", "--latent-dim", "2", "--out", str(out), "--quiet",
-               cwd=tmp_path)
+    res = _cli(
+        "train",
+        "--config",
+        "c.toml",
+        "--latent-dim",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["latent_dim"] == 2  # the flag wins
-    assert config["model"]["hidden"] == [16] and config["model"]["likelihood"] == "continuous-bernoulli"
+    assert (
+        config["model"]["hidden"] == [16]
+        and config["model"]["likelihood"] == "continuous-bernoulli"
+    )
     assert config["data"]["dequantize"] is True and config["data"]["binarize"] == "none"
 
 
@@ -259,7 +314,9 @@ def test_non_finite_gradient_with_finite_loss_is_a_bad_step(tmp_path):
 def test_extending_a_cosine_run_is_refused(tmp_path):
     cfg = small_config(epochs=1, lr_schedule="cosine")
     run_training(cfg, out=tmp_path / "r")
-    longer = RunConfig(model=cfg.model, data=cfg.data, train=TrainConfig(**{**cfg.train.__dict__, "epochs": 2}))
+    longer = RunConfig(
+        model=cfg.model, data=cfg.data, train=TrainConfig(**{**cfg.train.__dict__, "epochs": 2})
+    )
     with pytest.raises(CheckpointError, match="cosine .* spans 10 steps"):
         run_training(longer, out=tmp_path / "r", resume=True)
 
@@ -284,6 +341,8 @@ vae.decoder.register_forward_hook(lambda m, i, o: seen.append(u.is_validation_en
 fit(vae, torch.ones(8, 4), None, TrainConfig(batch_size=4, epochs=1, quiet=True))
 print(u.is_validation_enabled(), all(seen), len(seen))
 """
-    res = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "True", "2"]  # on inside fit, restored after

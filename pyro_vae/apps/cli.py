@@ -41,25 +41,41 @@ _FORMAT = argparse.ArgumentDefaultsHelpFormatter
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a VAE", formatter_class=_FORMAT,
-                       description="Train a VAE and write a run directory.")
+    p = sub.add_parser(
+        "train",
+        help="train a VAE",
+        formatter_class=_FORMAT,
+        description="Train a VAE and write a run directory.",
+    )
     for title, section in (("data", DataConfig), ("model", ModelConfig), ("training", TrainConfig)):
         add_flags(p.add_argument_group(title), section)
     g = p.add_argument_group("run")
-    g.add_argument("--out", default=None,
-                   help="run directory (default: runs/<time>-<dataset>-<likelihood>-<estimator>)")
-    g.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="continue the run in RUN_DIR where it stopped")
-    g.add_argument("--config", metavar="FILE.toml", default=None,
-                   help="settings file (flat keys as the flags); flags override it")
+    g.add_argument(
+        "--out",
+        default=None,
+        help="run directory (default: runs/<time>-<dataset>-<likelihood>-<estimator>)",
+    )
+    g.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue the run in RUN_DIR where it stopped",
+    )
+    g.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        default=None,
+        help="settings file (flat keys as the flags); flags override it",
+    )
 
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
-        "evaluate", formatter_class=_FORMAT,
+        "evaluate",
+        formatter_class=_FORMAT,
         help="importance-sampled log p(x), ELBO terms, active units and bits/dim of a run",
         description="Writes RUN_DIR/summary.json, report.md, report.html and evaluation/*.png. "
-                    "Every figure is in nats per datapoint, higher is better.",
+        "Every figure is in nats per datapoint, higher is better.",
     )
     p.add_argument("run_dir")
     add_flags(p, EvalConfig, exclude=("elbo_particles",))
@@ -71,46 +87,56 @@ def _add_sample(sub) -> None:
     p.add_argument("--num", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--which", default="best", choices=CHECKPOINTS.names())
-    p.add_argument("--output", default=None,
-                   help="PNG path (default: RUN_DIR/samples-<seed>.png)")
+    p.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/samples-<seed>.png)")
 
 
 def _add_compare(sub) -> None:
     p = sub.add_parser(
-        "compare", formatter_class=_FORMAT,
+        "compare",
+        formatter_class=_FORMAT,
         help="train and compare elbo, meanfield, stl, iwae and dreg over seeds",
         description="Trains every estimator (iwae and dreg at each --ks) with each of at least 3 "
-                    "--seeds, then writes comparison.md/.csv (test ELBO, importance-sampled "
-                    "log p(x), seconds per epoch, gradient SNR; mean +- sd over seeds), "
-                    "learning_curves.png and snr.png into --out.",
+        "--seeds, then writes comparison.md/.csv (test ELBO, importance-sampled "
+        "log p(x), seconds per epoch, gradient SNR; mean +- sd over seeds), "
+        "learning_curves.png and snr.png into --out.",
     )
     add_compare_flags(p)
 
 
 def _add_diagnose(sub) -> None:
     p = sub.add_parser(
-        "diagnose", formatter_class=_FORMAT,
+        "diagnose",
+        formatter_class=_FORMAT,
         help="inspect data: which likelihoods fit them, the units, and the loss mistakes they "
-             "invite",
+        "invite",
         description="Loads --dataset as `pyro-vae train` would and reports its kind (binary, "
-                    "8-bit, integer levels not spanning 0..255, real), range, distinct values "
-                    "and constant dimensions; for every likelihood whether the data, prepared "
-                    "as the trainer would, lie in its support and why; the units (nats per "
-                    "datapoint, bits/dim, when a negative loss is fine); and the classic loss "
-                    "mistakes that fit these data. Exit status 1 when --likelihood does not "
-                    "fit the data.",
+        "8-bit, integer levels not spanning 0..255, real), range, distinct values "
+        "and constant dimensions; for every likelihood whether the data, prepared "
+        "as the trainer would, lie in its support and why; the units (nats per "
+        "datapoint, bits/dim, when a negative loss is fine); and the classic loss "
+        "mistakes that fit these data. Exit status 1 when --likelihood does not "
+        "fit the data.",
     )
     add_flags(p.add_argument_group("data"), DataConfig)
-    p.add_argument("--likelihood", choices=LIKELIHOODS.names(), default=None,
-                   help="also say whether this likelihood fits and how the trainer would "
-                        "prepare the data for it")
-    p.add_argument("--seed", type=int, default=0,
-                   help="held-out permutation, and the draws of the support check")
+    p.add_argument(
+        "--likelihood",
+        choices=LIKELIHOODS.names(),
+        default=None,
+        help="also say whether this likelihood fits and how the trainer would "
+        "prepare the data for it",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="held-out permutation, and the draws of the support check",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pyro-vae", description="Variational autoencoders as Pyro programs.",
+        prog="pyro-vae",
+        description="Variational autoencoders as Pyro programs.",
         formatter_class=_FORMAT,
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,8 +183,10 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (NonFiniteLossError, CheckpointError, OSError, ValueError) as e:
         return _fail("train", str(e))
     print(f"run directory: {result.run_dir}")
-    print(f"test ELBO (nats per datapoint, higher is better): last {result.test_elbo:.3f}, "
-          f"best {result.best_test_elbo:.3f}")
+    print(
+        f"test ELBO (nats per datapoint, higher is better): last {result.test_elbo:.3f}, "
+        f"best {result.best_test_elbo:.3f}"
+    )
     return 0
 
 
@@ -214,8 +242,13 @@ def _diagnose(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "evaluate": _evaluate, "sample": _sample, "compare": _compare,
-             "diagnose": _diagnose}
+_COMMANDS = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "sample": _sample,
+    "compare": _compare,
+    "diagnose": _diagnose,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

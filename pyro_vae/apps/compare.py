@@ -36,9 +36,9 @@ import io
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -213,8 +213,10 @@ def plot_learning_curves(runs: Sequence[RunSummary]):
     fig = Figure(figsize=(11, 4.2), dpi=110)
     axes = fig.subplots(1, 2)
     keys = list(dict.fromkeys((r.estimator, r.K) for r in runs))
-    panels = (("curve", "held-out ELBO (analytic KL, beta = 1)"),
-              ("train_curve", "training objective (each estimator's bound)"))
+    panels = (
+        ("curve", "held-out ELBO (analytic KL, beta = 1)"),
+        ("train_curve", "training objective (each estimator's bound)"),
+    )
     for ax, (attr, title) in zip(axes, panels):
         for est, K in keys:
             curves = torch.tensor(
@@ -266,10 +268,16 @@ def run_comparison(config: CompareConfig, out: str | Path | None = None) -> Comp
         stats = gradient_snr(vae, x[: cfg.snr_batch], est, [K], R=cfg.snr_draws, seed=seed)
         snr = {s.group: s.snr for s in stats}
         run = RunSummary(
-            estimator=est, K=K, seed=seed, test_elbo=result.test_elbo, log_px=iw.mean,
+            estimator=est,
+            K=K,
+            seed=seed,
+            test_elbo=result.test_elbo,
+            log_px=iw.mean,
             log_px_se=iw.se,
             seconds_per_epoch=statistics.fmean(m["seconds"] for m in result.metrics),
-            encoder_snr=snr["encoder"], decoder_snr=snr["decoder"], run_dir=str(result.run_dir),
+            encoder_snr=snr["encoder"],
+            decoder_snr=snr["decoder"],
+            run_dir=str(result.run_dir),
             curve=[m["test_elbo"] for m in result.metrics],
             train_curve=[m["train_elbo"] for m in result.metrics],
         )
@@ -298,16 +306,19 @@ def run_comparison(config: CompareConfig, out: str | Path | None = None) -> Comp
     atomic_write_text(out / "comparison.csv", _csv(table))
     atomic_write_text(
         out / "runs.csv",
-        _csv([
-            {k: v for k, v in asdict(r).items() if k not in ("curve", "train_curve")}
-            for r in runs
-        ]),
+        _csv(
+            [
+                {k: v for k, v in asdict(r).items() if k not in ("curve", "train_curve")}
+                for r in runs
+            ]
+        ),
     )
     atomic_write_text(out / "snr.csv", _csv([s.as_dict() for s in snr_rows]))
     plot_learning_curves(runs).savefig(out / "learning_curves.png")
     plot_snr(
-        snr_rows, title=f"gradient SNR at the final {SNR_REFERENCE} parameters (seed {seed}), "
-                        f"R = {cfg.snr_draws}"
+        snr_rows,
+        title=f"gradient SNR at the final {SNR_REFERENCE} parameters (seed {seed}), "
+        f"R = {cfg.snr_draws}",
     ).savefig(out / "snr.png")
 
     n_test = len(data[cfg.seeds[0]])
@@ -353,8 +364,11 @@ def add_compare_flags(p: argparse.ArgumentParser) -> None:
     """The flags of ``pyro-vae compare`` and ``experiments/compare_estimators.py``: the
     comparison's settings and every shared run setting (not those of :data:`PER_RUN`)."""
     add_flags(p, CompareConfig, exclude=PER_RUN)
-    p.add_argument("--out", default=None,
-                   help="output folder (default: runs/<time>-<dataset>-<likelihood>-compare)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: runs/<time>-<dataset>-<likelihood>-compare)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:

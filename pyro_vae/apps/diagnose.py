@@ -242,7 +242,8 @@ def _verdict(
     else:
         reason = "a density: log p(x) can be positive and the loss negative, which alone is no bug"
         reason += (
-            "; bits/dim = 8 - log p(x) / (D ln 2) compares models" if deq
+            "; bits/dim = 8 - log p(x) / (D ln 2) compares models"
+            if deq
             else "; no bits/dim (not dequantized 8-bit levels)"
         )
         values = 2 if binarized else num_distinct
@@ -288,60 +289,107 @@ def _advice(
     if kind == "low-levels":
         kmax = int(high)
         contiguous = len(values) == kmax + 1
-        seen = f"{len(values)} grey levels 0..{kmax}" if contiguous else (
-            f"{len(values)} levels between {int(low)} and {kmax}"
+        seen = (
+            f"{len(values)} grey levels 0..{kmax}"
+            if contiguous
+            else (f"{len(values)} levels between {int(low)} and {kmax}")
         )
-        out.append(Advice("levels", (
-            f"{seen} stored as uint8: the loader reads uint8 as 8-bit levels k/255, so the "
-            f"brightest value is {kmax}/255 = {kmax / 255:.3f}, densities see a dark image "
-            f"and bernoulli's binarization draws Bernoulli(k/255) <= {kmax / 255:.3f} (most "
-            f"pixels off). If {kmax} means full brightness, {_rescale_levels(kmax)} Saving "
-            f"x / {kmax} as float32 instead would leave {len(values)} exact values, on which a "
-            f"density grows without bound."
-        )))
+        out.append(
+            Advice(
+                "levels",
+                (
+                    f"{seen} stored as uint8: the loader reads uint8 as 8-bit levels k/255, so the "
+                    f"brightest value is {kmax}/255 = {kmax / 255:.3f}, densities see a dark image "
+                    f"and bernoulli's binarization draws Bernoulli(k/255) <= {kmax / 255:.3f} "
+                    "(most "
+                    f"pixels off). If {kmax} means full brightness, {_rescale_levels(kmax)} Saving "
+                    f"x / {kmax} as float32 instead would leave {len(values)} exact values, on "
+                    "which a "
+                    f"density grows without bound."
+                ),
+            )
+        )
     elif kind == "8-bit" and high < 255:
-        out.append(Advice("levels", (
-            f"the brightest level is {int(high)} < 255: if {int(high)} means full brightness, "
-            f"rescale before saving: np.round(x * (255 / {int(high)})).astype(np.uint8)."
-        )))
+        out.append(
+            Advice(
+                "levels",
+                (
+                    f"the brightest level is {int(high)} < 255: if {int(high)} means full "
+                    "brightness, "
+                    f"rescale before saving: np.round(x * (255 / {int(high)})).astype(np.uint8)."
+                ),
+            )
+        )
     if x.dtype != torch.uint8 and integer and low >= 0 and high <= 255 and kind == "real":
-        out.append(Advice("levels", (
-            f"integer values {int(low)}..{int(high)} stored as floats are taken literally "
-            f"(outside [0, 1]), and a density on these {len(values)} exact values grows "
-            f"without bound, rescaled to [0, 1] or not. If they are grey levels with "
-            f"{int(high)} as full brightness, {_rescale_levels(int(high))}"
-        )))
+        out.append(
+            Advice(
+                "levels",
+                (
+                    f"integer values {int(low)}..{int(high)} stored as floats are taken literally "
+                    f"(outside [0, 1]), and a density on these {len(values)} exact values grows "
+                    f"without bound, rescaled to [0, 1] or not. If they are grey levels with "
+                    f"{int(high)} as full brightness, {_rescale_levels(int(high))}"
+                ),
+            )
+        )
     if kind == "unit-interval" and len(values) <= 256:
         grid = values * 255
         if bool(((grid - grid.round()).abs() < 1e-3).all()):
-            out.append(Advice("levels", (
-                "the values lie on the grid k/255: 8-bit levels stored as floats. Save them as "
-                "uint8 so that the trainer dequantizes them for continuous likelihoods and "
-                "bits/dim is defined."
-            )))
+            out.append(
+                Advice(
+                    "levels",
+                    (
+                        "the values lie on the grid k/255: 8-bit levels stored as floats. Save "
+                        "them as "
+                        "uint8 so that the trainer dequantizes them for continuous likelihoods and "
+                        "bits/dim is defined."
+                    ),
+                )
+            )
 
     if kind in ("8-bit", "low-levels", "unit-interval"):
-        out.append(Advice("bce-grey", (
-            "grey levels are not Bernoulli outcomes: binary cross-entropy on them, "
-            "x log p + (1 - x) log(1 - p), integrates to at most 1/2 over [0, 1] (it is the "
-            "continuous Bernoulli without its normalizer log C(p)), so its 'ELBO' bounds no "
-            "likelihood and p is not the mean. Binarize for bernoulli (its default, --binarize "
-            f"dynamic) or use --likelihood continuous-bernoulli. See: {script} bce-grey"
-        )))
+        out.append(
+            Advice(
+                "bce-grey",
+                (
+                    "grey levels are not Bernoulli outcomes: binary cross-entropy on them, "
+                    "x log p + (1 - x) log(1 - p), integrates to at most 1/2 over [0, 1] (it is "
+                    "the "
+                    "continuous Bernoulli without its normalizer log C(p)), so its 'ELBO' bounds "
+                    "no "
+                    "likelihood and p is not the mean. Binarize for bernoulli (its default, "
+                    "--binarize "
+                    f"dynamic) or use --likelihood continuous-bernoulli. See: {script} bce-grey"
+                ),
+            )
+        )
     elif kind == "real" and (high > 1 or low < 0):
-        out.append(Advice("bce-grey", (
-            f"values in [{low:.4g}, {high:.4g}] are outside [0, 1]: binary cross-entropy on "
-            "them is unbounded (for x > 1 the term (1 - x) log(1 - p) goes to +infinity as "
-            "p -> 1), so a hand-written BCE loss runs to -1e18. bernoulli and "
-            "continuous-bernoulli refuse these data; rescale to [0, 1] or use normal."
-        )))
+        out.append(
+            Advice(
+                "bce-grey",
+                (
+                    f"values in [{low:.4g}, {high:.4g}] are outside [0, 1]: binary cross-entropy "
+                    "on "
+                    "them is unbounded (for x > 1 the term (1 - x) log(1 - p) goes to +infinity as "
+                    "p -> 1), so a hand-written BCE loss runs to -1e18. bernoulli and "
+                    "continuous-bernoulli refuse these data; rescale to [0, 1] or use normal."
+                ),
+            )
+        )
 
-    out.append(Advice("pixel-mean", (
-        f"a reconstruction term averaged over the D = {d} dimensions instead of summed is "
-        f"the model with its x site scaled by 1/{d}, i.e. a KL weight of {d}: the posterior "
-        f"collapses. pyro-vae sums over D; multiply a per-dimension mean by {d} to compare. "
-        f"See: {script} pixel-mean"
-    )))
+    out.append(
+        Advice(
+            "pixel-mean",
+            (
+                f"a reconstruction term averaged over the D = {d} dimensions instead of summed is "
+                f"the model with its x site scaled by 1/{d}, i.e. a KL weight of {d}: the "
+                "posterior "
+                f"collapses. pyro-vae sums over D; multiply a per-dimension mean by {d} to "
+                "compare. "
+                f"See: {script} pixel-mean"
+            ),
+        )
+    )
 
     if kind != "binary":
         if data_sd > 0:
@@ -351,12 +399,20 @@ def _advice(
             )
         else:
             spread = "the data's standard deviation per dimension is s = 0"
-        out.append(Advice("mse", (
-            f"a summed squared error is a Normal with sigma fixed at 1/sqrt(2) (a weight w on "
-            f"it: sigma = 1/sqrt(2w)); {spread}: the arbitrary weight, not the data, sets that "
-            f"ratio and with it the balance against the KL. --likelihood normal learns sigma. "
-            f"See: {script} mse"
-        )))
+        out.append(
+            Advice(
+                "mse",
+                (
+                    "a summed squared error is a Normal with sigma fixed at 1/sqrt(2) (a weight "
+                    "w on "
+                    f"it: sigma = 1/sqrt(2w)); {spread}: the arbitrary weight, not the data, "
+                    "sets that "
+                    "ratio and with it the balance against the KL. --likelihood normal learns "
+                    "sigma. "
+                    f"See: {script} mse"
+                ),
+            )
+        )
 
     if n > 1 and constant_dims:
         text = (
@@ -377,16 +433,29 @@ def _advice(
         out.append(Advice("constant", text))
 
     if kind == "real":
-        out.append(Advice("units", (
-            "real-valued data: only a density on the real line fits (normal); log p(x) "
-            "depends on the units of x (scaling x by c shifts it by -D log c), and bits/dim "
-            "is undefined (no 8-bit levels)."
-        )))
-    out.append(Advice("logvar-std", (
-        "not a question of data: a log-variance used as a standard deviation is a guide whose "
-        "scale can be <= 0. pyro-vae's encoders use softplus, and Pyro's validation refuses a "
-        f"scale <= 0 at the first step. See: {script} logvar-std"
-    )))
+        out.append(
+            Advice(
+                "units",
+                (
+                    "real-valued data: only a density on the real line fits (normal); log p(x) "
+                    "depends on the units of x (scaling x by c shifts it by -D log c), and "
+                    "bits/dim "
+                    "is undefined (no 8-bit levels)."
+                ),
+            )
+        )
+    out.append(
+        Advice(
+            "logvar-std",
+            (
+                "not a question of data: a log-variance used as a standard deviation is a guide "
+                "whose "
+                "scale can be <= 0. pyro-vae's encoders use softplus, and Pyro's validation "
+                "refuses a "
+                f"scale <= 0 at the first step. See: {script} logvar-std"
+            ),
+        )
+    )
     return out
 
 
@@ -504,27 +573,39 @@ def format_diagnosis(d: Diagnosis, likelihood: str | None = None) -> str:
     if chosen is not None:
         lines.append("")
         if chosen.valid:
-            lines.append(_wrap(
-                f"--likelihood {chosen.likelihood}: valid for these data; the trainer would "
-                f"feed it the data {chosen.preprocessing} ({chosen.flags}); it is {chosen.reason}.",
-                "",
-            ))
+            lines.append(
+                _wrap(
+                    f"--likelihood {chosen.likelihood}: valid for these data; the trainer would "
+                    f"feed it the data {chosen.preprocessing} ({chosen.flags}); it is "
+                    f"{chosen.reason}.",
+                    "",
+                )
+            )
             if chosen.caution:
                 lines.append(_wrap(f"caution: {chosen.caution}.", ""))
             if d.advice_on("levels"):
                 lines.append("but first see [levels] above: the data's levels need rescaling.")
         else:
-            lines.append(_wrap(
-                f"--likelihood {chosen.likelihood}: NOT valid for these data, prepared "
-                f"{chosen.preprocessing} ({chosen.flags}): {chosen.reason}",
-                "",
-            ))
+            lines.append(
+                _wrap(
+                    f"--likelihood {chosen.likelihood}: NOT valid for these data, prepared "
+                    f"{chosen.preprocessing} ({chosen.flags}): {chosen.reason}",
+                    "",
+                )
+            )
             others = [v.likelihood for v in d.verdicts if v.valid]
             lines.append(f"valid here: {', '.join(others) or 'none'}")
     return "\n".join(lines) + "\n"
 
 
 __all__ = [
-    "Advice", "DISCRETE_VALUES", "Diagnosis", "KINDS", "LOW_LEVELS_MAX", "Verdict",
-    "diagnose_data", "diagnose_split", "format_diagnosis",
+    "Advice",
+    "DISCRETE_VALUES",
+    "Diagnosis",
+    "KINDS",
+    "LOW_LEVELS_MAX",
+    "Verdict",
+    "diagnose_data",
+    "diagnose_split",
+    "format_diagnosis",
 ]

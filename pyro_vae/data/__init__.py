@@ -19,6 +19,15 @@ from pyro_vae.data.preprocess import BINARIZE, Preprocess, batch_transform, prep
 from pyro_vae.data.sources import DATASETS, DatasetNotFoundError, load_data
 
 __all__ = [
-    "BINARIZE", "DATASETS", "DataFormatError", "DataSplit", "DatasetNotFoundError", "Preprocess",
-    "as_loaded", "batch_transform", "load_data", "prepare_split", "read_idx",
+    "BINARIZE",
+    "DATASETS",
+    "DataFormatError",
+    "DataSplit",
+    "DatasetNotFoundError",
+    "Preprocess",
+    "as_loaded",
+    "batch_transform",
+    "load_data",
+    "prepare_split",
+    "read_idx",
 ]

@@ -113,8 +113,7 @@ def as_data_array(arr: np.ndarray, what: str) -> np.ndarray:
         )
     if arr.size == 0:
         raise DataFormatError(
-            f"{what}: empty data, shape {arr.shape}; need at least one item with at least one "
-            "value"
+            f"{what}: empty data, shape {arr.shape}; need at least one item with at least one value"
         )
     if arr.ndim == 4 and arr.shape[1] > 4 and arr.shape[-1] in (1, 3, 4):
         # Channels-last is common (Keras, PIL); reading it as (N, C, H, W) would silently
@@ -225,7 +224,6 @@ def official_split(
         train_labels=to_tensor(y_train) if y_train is not None else None,
         test_labels=to_tensor(y_test) if y_test is not None else None,
     )
-
 
 
 def as_loaded(x, what: str = "the data") -> torch.Tensor:

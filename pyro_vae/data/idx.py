@@ -88,7 +88,6 @@ def read_idx(path: str | Path) -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="))
 
 
-
 def load_idx_folder(folder: Path, test_size: int, seed: int) -> DataSplit:
     images: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
@@ -157,4 +156,3 @@ def _idx_role(prefix: str) -> str:
     if low.startswith(("t10k", "test")):
         return "test"
     return "unknown"
-

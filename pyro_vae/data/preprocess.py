@@ -202,4 +202,3 @@ class Preprocess:
     def __call__(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Transform one batch; see :func:`batch_transform`."""
         return batch_transform(x, binarize=self.binarize, dequantize=self.dequantize, dtype=dtype)
-

@@ -105,9 +105,7 @@ def _sdf_triangle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _sdf_cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     # The minimum of two distances is the exact distance to the union outside the shape;
     # inside it can overstate the depth, which the coverage clip hides.
-    return np.minimum(
-        _sdf_box(u, v, _CROSS_A, _CROSS_B), _sdf_box(u, v, _CROSS_B, _CROSS_A)
-    )
+    return np.minimum(_sdf_box(u, v, _CROSS_A, _CROSS_B), _sdf_box(u, v, _CROSS_B, _CROSS_A))
 
 
 def _sdf_heart(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -203,7 +201,5 @@ def make_shapes(
     images = np.empty((n, 1, size, size), dtype=np.uint8)
     for start in range(0, n, _CHUNK):
         sl = slice(start, start + _CHUNK)
-        images[sl, 0] = _render(
-            cls[sl], cx[sl], cy[sl], radius[sl], rot32[sl], inten32[sl], size
-        )
+        images[sl, 0] = _render(cls[sl], cx[sl], cy[sl], radius[sl], rot32[sl], inten32[sl], size)
     return images, factors, list(FACTOR_NAMES)

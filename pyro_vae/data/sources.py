@@ -122,7 +122,6 @@ def load_data(
     raise UnknownNameError(DATASETS.unknown_message(text))
 
 
-
 def _load_shapes(num_shapes: int, test_size: int, seed: int) -> DataSplit:
     num_shapes = operator.index(num_shapes)
     if num_shapes < 1:
@@ -139,7 +138,6 @@ def _load_shapes(num_shapes: int, test_size: int, seed: int) -> DataSplit:
         test_labels=torch.from_numpy(y_test),
         label_names=tuple(names),
     )
-
 
 
 def _load_torchvision(name: str, data_dir: Path, download: bool) -> DataSplit:
@@ -202,7 +200,6 @@ def _strip_gz(filename: str) -> str:
     return filename[:-3] if filename.lower().endswith(".gz") else filename
 
 
-
 def _load_npy(path: Path, test_size: int, seed: int) -> DataSplit:
     try:
         x = np.load(path, allow_pickle=False)
@@ -246,4 +243,3 @@ def _load_npz(path: Path, test_size: int, seed: int) -> DataSplit:
     return single_split(
         str(path), arrays[data_key], y, test_size, seed, what=f"{path}[{data_key!r}]"
     )
-

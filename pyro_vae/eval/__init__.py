@@ -21,8 +21,24 @@ from pyro_vae.eval.latents import ACTIVE_THRESHOLD, ActiveUnits, active_units, p
 from pyro_vae.eval.noise import CounterNoise, counter_hash, counter_uniform
 
 __all__ = [
-    "ACTIVE_THRESHOLD", "ActiveUnits", "CounterNoise", "DEFAULT_MEMORY_BUDGET_MB", "ElboTerms",
-    "GradientStats", "ImportanceResult", "active_units", "bits_per_dim", "bytes_per_pair",
-    "choose_chunks", "counter_hash", "counter_uniform", "elbo_terms", "evaluate_elbo",
-    "gradient_snr", "importance_log_px", "plot_snr", "posterior_means", "snr_table",
+    "ACTIVE_THRESHOLD",
+    "ActiveUnits",
+    "CounterNoise",
+    "DEFAULT_MEMORY_BUDGET_MB",
+    "ElboTerms",
+    "GradientStats",
+    "ImportanceResult",
+    "active_units",
+    "bits_per_dim",
+    "bytes_per_pair",
+    "choose_chunks",
+    "counter_hash",
+    "counter_uniform",
+    "elbo_terms",
+    "evaluate_elbo",
+    "gradient_snr",
+    "importance_log_px",
+    "plot_snr",
+    "posterior_means",
+    "snr_table",
 ]

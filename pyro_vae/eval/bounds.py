@@ -32,8 +32,8 @@ ICLR 2016 (dequantization and bits/dim).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import pyro
 import torch
@@ -109,7 +109,6 @@ def chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
     """``(start, stop)`` of consecutive chunks of ``size`` (the last may be shorter)."""
     for start in range(0, total, size):
         yield start, min(start + size, total)
-
 
 
 @dataclass(frozen=True)
@@ -209,9 +208,12 @@ def importance_log_px(
     lse2 = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)  # log sum w^2
     fallback: set[str] = set()
     total = math.ceil(n / b_chunk) * math.ceil(num_samples / k_chunk)
-    with evaluation_mode(vae), tqdm(
-        total=total, desc=f"log p(x), K={num_samples}", disable=quiet, dynamic_ncols=True
-    ) as bar:
+    with (
+        evaluation_mode(vae),
+        tqdm(
+            total=total, desc=f"log p(x), K={num_samples}", disable=quiet, dynamic_ncols=True
+        ) as bar,
+    ):
         for n0, n1 in chunks(n, b_chunk):
             xb = x[n0:n1]  # (b, *event_shape)
             for k0, k1 in chunks(num_samples, k_chunk):
@@ -307,16 +309,21 @@ def elbo_terms(
     recon = torch.zeros(n, dtype=torch.float64)
     kl_parts: list[torch.Tensor] = []
     total = math.ceil(n / b_chunk) * math.ceil(num_particles / k_chunk)
-    with evaluation_mode(vae), tqdm(
-        total=total, desc="ELBO terms", disable=quiet, dynamic_ncols=True
-    ) as bar:
+    with (
+        evaluation_mode(vae),
+        tqdm(total=total, desc="ELBO terms", disable=quiet, dynamic_ncols=True) as bar,
+    ):
         for n0, n1 in chunks(n, b_chunk):
             xb = x[n0:n1]  # (b, *event_shape)
             kl_chunk = None
             for k0, k1 in chunks(num_particles, k_chunk):
                 noise = CounterNoise(
-                    seed, data_offset=n0, particle_offset=k0, num_particles=k1 - k0,
-                    particle_dim=-2, stream=STREAM_ELBO,
+                    seed,
+                    data_offset=n0,
+                    particle_offset=k0,
+                    num_particles=k1 - k0,
+                    particle_dim=-2,
+                    stream=STREAM_ELBO,
                 )
                 with pyro.plate("elbo_particles", k1 - k0, dim=-2):
                     guide_tr = poutine.trace(noise(vae.guide)).get_trace(xb)
@@ -350,7 +357,6 @@ def _kl_per_dim(guide_tr, model_tr, batch: int) -> torch.Tensor:
         kl = kl.reshape(-1, batch, math.prod(event))[0]  # identical over particles
         parts.append(kl.to(torch.float64).cpu())
     return torch.cat(parts, -1)
-
 
 
 def bits_per_dim(log_px: float, num_dims: int, levels: int = 256) -> float:
@@ -402,12 +408,10 @@ def bits_per_dim_reason(vae: VAE, dequantized: bool) -> str | None:
     return None
 
 
-
 def standard_error(values: torch.Tensor) -> float:
     """Standard error of the mean of ``values`` (``nan`` for one value)."""
     n = values.numel()
     return (values.std() / math.sqrt(n)).item() if n > 1 else math.nan
-
 
 
 def evaluate_elbo(
@@ -427,4 +431,3 @@ def evaluate_elbo(
             x = preprocess(data[i : i + batch_size])  # (b, *event_shape)
             total += est.differentiable_loss(vae.model, vae.guide, x)
     return -(total / len(data)).item()
-

@@ -30,8 +30,8 @@ for Monte Carlo Objectives*, ICLR 2019.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -188,7 +188,7 @@ def gradient_snr(
                             for p, d in zip(flat, grads)
                         ]
                     )  # (P,)
-                    for (group, acc), part in zip(moments.items(), g.split(sizes)):
+                    for acc, part in zip(moments.values(), g.split(sizes)):
                         acc.add(part)
             for group, acc in moments.items():
                 snr, se, variance, used = acc.summary()

@@ -32,7 +32,8 @@ def posterior_means(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.
             means = [
                 site["fn"].mean.reshape(n1 - n0, -1)
                 for site in tr.nodes.values()
-                if site["type"] == "sample" and not site["is_observed"]
+                if site["type"] == "sample"
+                and not site["is_observed"]
                 and not site_is_subsample(site)
             ]
             out.append(torch.cat(means, -1).to(torch.float64).cpu())
@@ -83,4 +84,3 @@ def active_units(
     if means.shape[0] < 2:
         raise ValueError("active units need at least two datapoints")
     return ActiveUnits(activity=means.var(0), threshold=threshold)
-

@@ -177,8 +177,11 @@ class CounterNoise(Messenger):
         if self.particle_dim is not None:
             counters.append(
                 self._index(
-                    self.particle_offset, self.num_particles,
-                    len(batch_shape) + self.particle_dim, full, ref,
+                    self.particle_offset,
+                    self.num_particles,
+                    len(batch_shape) + self.particle_dim,
+                    full,
+                    ref,
                 )
             )
         else:
@@ -201,4 +204,3 @@ class CounterNoise(Messenger):
         shape = [1] * ndim
         shape[pos] = size
         return (offset + torch.arange(size, device=ref.device)).reshape(shape)
-

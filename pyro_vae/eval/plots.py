@@ -5,9 +5,9 @@ state)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -43,7 +43,9 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int = 8) -> bool:
     return True
 
 
-def save_reconstructions(x: torch.Tensor, recon: torch.Tensor, path: str | Path, n: int = 8) -> bool:
+def save_reconstructions(
+    x: torch.Tensor, recon: torch.Tensor, path: str | Path, n: int = 8
+) -> bool:
     """Rows of originals above their reconstructions (likelihood means)."""
     n = min(n, x.shape[0])
     pairs = torch.stack([x[:n].float(), recon[:n].float()], dim=0)  # (2, n, ...)
@@ -158,15 +160,19 @@ def write_pictures(
     with evaluation_mode(vae), torch.random.fork_rng(devices=[ref.device] if ref.is_cuda else []):
         torch.manual_seed(seed)
         xs = x[:8] if preprocess is None else preprocess(x[:8])
-        keep("reconstructions.png", save_reconstructions(
-            xs, vae.reconstruct(xs), out_dir / "reconstructions.png"))
+        keep(
+            "reconstructions.png",
+            save_reconstructions(xs, vae.reconstruct(xs), out_dir / "reconstructions.png"),
+        )
         mean, draws = vae.sample(64)
         keep("samples.png", save_grid(mean, out_dir / "samples.png"))
         if latents is not None:
             keep("sample-draws.png", save_grid(draws, out_dir / "sample-draws.png"))
             grid = traversal_grid(vae, latents.means[0], latents.kl_per_dim)
-            keep("traversals.png", save_grid(
-                grid, out_dir / "traversals.png", nrow=len(TRAVERSAL_VALUES)))
+            keep(
+                "traversals.png",
+                save_grid(grid, out_dir / "traversals.png", nrow=len(TRAVERSAL_VALUES)),
+            )
     if latents is not None:
         save_latent_scatter(
             latents.means, latents.labels, latents.label_names, out_dir / "latents.png"
@@ -234,8 +240,9 @@ def save_latent_scatter(
         elif len(classes) <= 10:  # classes: one colour each, with a legend
             for i, value in enumerate(classes):
                 at = colour == value
-                ax.scatter(xs[at], ys[at], s=4, alpha=0.6, linewidths=0, color=f"C{i}",
-                           label=f"{value:g}")
+                ax.scatter(
+                    xs[at], ys[at], s=4, alpha=0.6, linewidths=0, color=f"C{i}", label=f"{value:g}"
+                )
             ax.legend(title=colour_name, markerscale=3, fontsize="small")
         else:  # a continuous factor: a colour bar
             points = ax.scatter(xs, ys, s=4, alpha=0.6, linewidths=0, c=colour, cmap="viridis")

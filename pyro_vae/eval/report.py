@@ -17,23 +17,38 @@ def metric_rows(s: dict) -> list[tuple[str, str]]:
     """``(metric, value)`` rows of the summary table (nats per datapoint, higher is better)."""
     k = s["iw_samples"]
     rows = [
-        (f"log p(x), importance sampled, K = {k}",
-         f"{_num(s['log_px'])} ± {_num(s['log_px_se'])} (SE over {s['num']} datapoints; "
-         f"Monte Carlo SE {_num(s['log_px_mc_se'], 3)})"),
-        ("effective sample size (mean / median / min)",
-         f"{_num(s['ess_mean'], 1)} / {_num(s['ess_median'], 1)} / {_num(s['ess_min'], 1)} of {k}"),
-        (f"ELBO (analytic KL, {s['elbo_particles']} particles)",
-         f"{_num(s['elbo'])} ± {_num(s['elbo_se'])}"),
+        (
+            f"log p(x), importance sampled, K = {k}",
+            f"{_num(s['log_px'])} ± {_num(s['log_px_se'])} (SE over {s['num']} datapoints; "
+            f"Monte Carlo SE {_num(s['log_px_mc_se'], 3)})",
+        ),
+        (
+            "effective sample size (mean / median / min)",
+            f"{_num(s['ess_mean'], 1)} / {_num(s['ess_median'], 1)} / {_num(s['ess_min'], 1)} of "
+            f"{k}",
+        ),
+        (
+            f"ELBO (analytic KL, {s['elbo_particles']} particles)",
+            f"{_num(s['elbo'])} ± {_num(s['elbo_se'])}",
+        ),
         ("reconstruction E_q[log p(x | z)]", _num(s["recon"])),
         ("KL(q(z | x) || p(z))", _num(s["kl"])),
         ("log p(x) - ELBO", _num(s["log_px_minus_elbo"], 3)),
-        (f"active units (Cov_x E_q[z_d] > {s['active_threshold']})",
-         "n/a" if s["active_units"] is None else f"{s['active_units']} / {s['latent_dim']}"),
-        ("bits/dim", f"{_num(s['bits_per_dim'], 4)} ± {_num(s['bits_per_dim_se'], 4)}"
-         if s["bits_per_dim"] is not None else f"n/a: {s['bits_per_dim_reason']}"),
+        (
+            f"active units (Cov_x E_q[z_d] > {s['active_threshold']})",
+            "n/a" if s["active_units"] is None else f"{s['active_units']} / {s['latent_dim']}",
+        ),
+        (
+            "bits/dim",
+            f"{_num(s['bits_per_dim'], 4)} ± {_num(s['bits_per_dim_se'], 4)}"
+            if s["bits_per_dim"] is not None
+            else f"n/a: {s['bits_per_dim_reason']}",
+        ),
         ("seconds", _num(s["seconds"], 1)),
-        ("chunks (particles x datapoints)",
-         f"{s['particle_chunk']} x {s['data_chunk']} within {s['memory_budget_mb']:g} MB"),
+        (
+            "chunks (particles x datapoints)",
+            f"{s['particle_chunk']} x {s['data_chunk']} within {s['memory_budget_mb']:g} MB",
+        ),
     ]
     return rows
 
@@ -42,8 +57,10 @@ def text_table(s: dict) -> str:
     """The metric rows as aligned plain text, for the terminal."""
     rows = metric_rows(s)
     width = max(len(name) for name, _ in rows)
-    head = (f"{s['which']}.pt of {s['run_dir']}, {s['split']} split, {s['num']} datapoints "
-            f"({s['units']})")
+    head = (
+        f"{s['which']}.pt of {s['run_dir']}, {s['split']} split, {s['num']} datapoints "
+        f"({s['units']})"
+    )
     return "\n".join([head] + [f"  {name:<{width}}  {value}" for name, value in rows])
 
 
@@ -79,8 +96,10 @@ def markdown(s: dict) -> str:
         "",
         "| dim | KL | Cov_x E_q[z_d] | active |",
         "|---|---|---|---|",
-        *[f"| {d} | {_num(kl, 3)} | {_num(a, 4)} | {'yes' if on else 'no'} |"
-          for d, kl, a, on in _dims_table(s)],
+        *[
+            f"| {d} | {_num(kl, 3)} | {_num(a, 4)} | {'yes' if on else 'no'} |"
+            for d, kl, a, on in _dims_table(s)
+        ],
         "",
     ]
     return "\n".join(lines)
@@ -96,12 +115,12 @@ def html(s: dict) -> str:
         for d, kl, a, on in _dims_table(s)
     )
     pics = "".join(
-        f"<figure><img src=\"{esc(path)}\" alt=\"{esc(name)}\"><figcaption>{esc(name)}"
+        f'<figure><img src="{esc(path)}" alt="{esc(name)}"><figcaption>{esc(name)}'
         f"</figcaption></figure>"
         for name, path in s.get("pictures", {}).items()
     )
     return (
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html><head><meta charset="utf-8">'
         f"<title>Evaluation of {esc(s['run_dir'])}</title>"
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em}"

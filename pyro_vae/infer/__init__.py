@@ -13,6 +13,13 @@ from pyro_vae.infer.estimators import (
 )
 
 __all__ = [
-    "CAPTURE_MODES", "CapturedLoss", "DReGELBO", "ESTIMATORS", "EstimatorSpec",
-    "ImportanceWeightedELBO", "StickingTheLandingELBO", "check_beta", "make_estimator",
+    "CAPTURE_MODES",
+    "CapturedLoss",
+    "DReGELBO",
+    "ESTIMATORS",
+    "EstimatorSpec",
+    "ImportanceWeightedELBO",
+    "StickingTheLandingELBO",
+    "check_beta",
+    "make_estimator",
 ]

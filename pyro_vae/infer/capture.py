@@ -33,7 +33,7 @@ import inspect
 import operator
 import sys
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pyro
 import torch
@@ -60,8 +60,12 @@ def _make_fx_supported() -> bool:
 
 
 _MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                 "_global_backward_pre_hooks")
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
 
 
 def _hooked(modules: list[nn.Module], params: list[torch.Tensor]) -> bool:
@@ -70,8 +74,7 @@ def _hooked(modules: list[nn.Module], params: list[torch.Tensor]) -> bool:
     return (
         any(getattr(module_globals, name, None) for name in _GLOBAL_HOOKS)
         or any(getattr(m, name) for m in modules for name in _MODULE_HOOKS)
-        or any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None)
-               for p in params)
+        or any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None) for p in params)
     )
 
 
@@ -132,7 +135,10 @@ def _recordable(estimator) -> Iterator[None]:
 
 #: ``op(x, c) == x`` exactly for a floating tensor ``x`` (aten overloads, scalar ``c``)
 _IDENTITIES = {
-    "aten.add.Tensor": 0, "aten.sub.Tensor": 0, "aten.mul.Tensor": 1, "aten.div.Tensor": 1,
+    "aten.add.Tensor": 0,
+    "aten.sub.Tensor": 0,
+    "aten.mul.Tensor": 1,
+    "aten.div.Tensor": 1,
 }
 
 
@@ -149,10 +155,11 @@ def _drop_identities(graph) -> None:
         same = out.shape == src.shape and out.dtype == src.dtype and src.is_floating_point()
         name = str(node.target)
         identity = (
-            (name in _IDENTITIES and isinstance(c, (int, float)) and not isinstance(c, bool)
-             and c == _IDENTITIES[name])
-            or (name == "aten.expand.default" and tuple(c) == tuple(src.shape))
-        )
+            name in _IDENTITIES
+            and isinstance(c, (int, float))
+            and not isinstance(c, bool)
+            and c == _IDENTITIES[name]
+        ) or (name == "aten.expand.default" and tuple(c) == tuple(src.shape))
         if same and identity:
             node.replace_all_uses_with(x)
             graph.graph.erase_node(node)
@@ -161,10 +168,13 @@ def _drop_identities(graph) -> None:
         if node.op == "call_function" and str(node.target) == "aten.broadcast_tensors.default":
             inputs = node.args[0]
             vals = [getattr(t, "meta", {}).get("val") for t in inputs]
-            if all(isinstance(v, torch.Tensor) for v in vals) and len(
-                {tuple(v.shape) for v in vals}
-            ) == 1 and all(u.op == "call_function" and u.target is operator.getitem
-                           for u in node.users):
+            if (
+                all(isinstance(v, torch.Tensor) for v in vals)
+                and len({tuple(v.shape) for v in vals}) == 1
+                and all(
+                    u.op == "call_function" and u.target is operator.getitem for u in node.users
+                )
+            ):
                 for u in list(node.users):
                     u.replace_all_uses_with(inputs[u.args[1]])
                     graph.graph.erase_node(u)
@@ -174,9 +184,11 @@ def _drop_identities(graph) -> None:
 def _drop_dead_constants(graph) -> None:
     """Remove constants copied and detached in place, then never read."""
     for node in list(graph.graph.nodes):
-        if (node.op == "call_function" and str(node.target) == "aten.lift_fresh_copy.default"
-                and all(str(u.target) == "aten.detach_.default" and not u.users
-                        for u in node.users)):
+        if (
+            node.op == "call_function"
+            and str(node.target) == "aten.lift_fresh_copy.default"
+            and all(str(u.target) == "aten.detach_.default" and not u.users for u in node.users)
+        ):
             for u in list(node.users):
                 graph.graph.erase_node(u)
             graph.graph.erase_node(node)
@@ -195,8 +207,11 @@ def _mutated_roots(graph) -> list:
         if schema is None or not schema.is_mutable or not node.args:
             continue
         root = node.args[0]
-        while (isinstance(root, torch.fx.Node) and (s := _schema(root)) is not None
-               and any(r.alias_info for r in s.returns)):
+        while (
+            isinstance(root, torch.fx.Node)
+            and (s := _schema(root)) is not None
+            and any(r.alias_info for r in s.returns)
+        ):
             root = root.args[0]  # a view of its first argument
         if isinstance(root, torch.fx.Node):
             roots.append(root)
@@ -276,8 +291,11 @@ class CapturedLoss:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # hooks and handlers may come and go: such a call runs eagerly, the next may not
-        if (self._why_eager is None and not _hooked(self._modules, self._params)
-                and not _in_pyro_handler()):
+        if (
+            self._why_eager is None
+            and not _hooked(self._modules, self._params)
+            and not _in_pyro_handler()
+        ):
             graph = self._graph_for(x)
             if graph is not None:
                 return graph(self._tensors, x)
@@ -288,8 +306,14 @@ class CapturedLoss:
         return self._program(x)
 
     def _key(self, x: torch.Tensor) -> tuple:
-        return (tuple(x.shape), x.dtype, x.device, getattr(self.vae, "beta", None),
-                self.vae.training, torch.is_grad_enabled())
+        return (
+            tuple(x.shape),
+            x.dtype,
+            x.device,
+            getattr(self.vae, "beta", None),
+            self.vae.training,
+            torch.is_grad_enabled(),
+        )
 
     def _graph_for(self, x: torch.Tensor) -> Callable | None:
         key = self._key(x)
@@ -310,17 +334,19 @@ class CapturedLoss:
         devices = [x.device] if x.is_cuda else []
         try:
             # Pyro's checks read values back to Python: they run in the verification below
-            with torch.random.fork_rng(devices=devices), _recordable(self.estimator), \
-                    pyro.validation_enabled(False):
-                graph = make_fx(loss_of, **_MAKE_FX_OPTIONS)(
-                    [t.detach() for t in self._tensors], x
-                )
+            with (
+                torch.random.fork_rng(devices=devices),
+                _recordable(self.estimator),
+                pyro.validation_enabled(False),
+            ):
+                graph = make_fx(loss_of, **_MAKE_FX_OPTIONS)([t.detach() for t in self._tensors], x)
         except (RuntimeError, TypeError, NotImplementedError, AssertionError) as e:
             # the recorder cannot follow this program (e.g. it reads a value back to Python);
             # the eager run raises any real fault
             return self._refuse(
                 f"the program could not be recorded ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''})", buffers
+                f"{str(e).splitlines()[0] if str(e) else ''})",
+                buffers,
             )
         _drop_dead_constants(graph)
         mutated = _mutated_roots(graph)
@@ -349,8 +375,9 @@ class CapturedLoss:
     def _refuse(self, why: str, buffers: list[torch.Tensor]) -> None:
         """Run the Pyro program eagerly from now on; undo what recording did to buffers."""
         with torch.no_grad():
-            for t, saved in zip([t for t in self._tensors if not isinstance(t, nn.Parameter)],
-                                buffers):
+            for t, saved in zip(
+                [t for t in self._tensors if not isinstance(t, nn.Parameter)], buffers
+            ):
                 t.copy_(saved)
         self._why_eager = why
         return None
@@ -366,7 +393,8 @@ class CapturedLoss:
                 loss = run()
                 grads = (
                     torch.autograd.grad(loss, params, allow_unused=True)
-                    if loss.requires_grad else ()
+                    if loss.requires_grad
+                    else ()
                 )
             results.append((loss.detach(), grads))
         (a, ga), (b, gb) = results

@@ -32,8 +32,8 @@ attribute, so it re-traces on every step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pyro.distributions as dist
 import torch
@@ -391,9 +391,7 @@ def _trace_elbo(cls):
 
 _register(EstimatorSpec("elbo", _trace_elbo(Trace_ELBO), "Trace_ELBO: Monte Carlo KL"))
 _register(
-    EstimatorSpec(
-        "meanfield", _trace_elbo(TraceMeanField_ELBO), "TraceMeanField_ELBO: analytic KL"
-    )
+    EstimatorSpec("meanfield", _trace_elbo(TraceMeanField_ELBO), "TraceMeanField_ELBO: analytic KL")
 )
 _register(
     EstimatorSpec(
@@ -419,7 +417,8 @@ _register(
 
 _register(
     EstimatorSpec(
-        "stl", _trace_elbo(StickingTheLandingELBO),
+        "stl",
+        _trace_elbo(StickingTheLandingELBO),
         "Trace_ELBO with the sticking-the-landing (path derivative) gradient",
     )
 )

@@ -21,7 +21,20 @@ from pyro_vae.models.networks import (
 from pyro_vae.models.vae import VAE, build_vae, evaluation_mode
 
 __all__ = [
-    "ACTIVATIONS", "ARCHITECTURES", "ConvDecoder", "ConvEncoder", "DataSupportError", "Decoder",
-    "Encoder", "LIKELIHOODS", "Likelihood", "MLPDecoder", "MLPEncoder", "VAE", "build_vae",
-    "evaluation_mode", "make_likelihood", "make_networks",
+    "ACTIVATIONS",
+    "ARCHITECTURES",
+    "ConvDecoder",
+    "ConvEncoder",
+    "DataSupportError",
+    "Decoder",
+    "Encoder",
+    "LIKELIHOODS",
+    "Likelihood",
+    "MLPDecoder",
+    "MLPEncoder",
+    "VAE",
+    "build_vae",
+    "evaluation_mode",
+    "make_likelihood",
+    "make_networks",
 ]

@@ -18,7 +18,7 @@ The registered names are ``bernoulli``, ``continuous-bernoulli`` and ``normal``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 
 from pyro_vae.registry import Registry
 
-LIKELIHOODS: Registry[type["Likelihood"]] = Registry("likelihood")
+LIKELIHOODS: Registry[type[Likelihood]] = Registry("likelihood")
 
 
 class DataSupportError(ValueError):

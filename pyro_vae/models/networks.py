@@ -12,7 +12,7 @@ or (3, 32, 32).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -156,8 +156,10 @@ class ConvEncoder(Encoder):
         c, h, w = self.in_shape
         c1, c2 = channels
         self.conv = nn.Sequential(
-            nn.Conv2d(c, c1, 4, stride=2, padding=1), act(),  # (c1, H/2, W/2)
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1), act(),  # (c2, H/4, W/4)
+            nn.Conv2d(c, c1, 4, stride=2, padding=1),
+            act(),  # (c1, H/2, W/2)
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+            act(),  # (c2, H/4, W/4)
             nn.Flatten(),
         )
         self.head = _mlp([c2 * (h // 4) * (w // 4), *hidden, 2 * self.latent_dim], activation)
@@ -197,7 +199,8 @@ class ConvDecoder(Decoder):
         self.head = _mlp([self.latent_dim, *hidden, c2 * (h // 4) * (w // 4)], activation)
         self.head.append(act())
         self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), act(),  # (c1, H/2, W/2)
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
+            act(),  # (c1, H/2, W/2)
             nn.ConvTranspose2d(c1, k * c, 4, stride=2, padding=1),  # (k * C, H, W)
         )
 

@@ -13,7 +13,7 @@ dimension.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import pyro
 import pyro.distributions as dist

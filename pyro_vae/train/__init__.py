@@ -15,7 +15,7 @@ module             concept
 =================  ===========================================================================
 """
 
-from pyro_vae.train.checkpoint import CheckpointError, Checkpointer, load_checkpoint, safe_load
+from pyro_vae.train.checkpoint import Checkpointer, CheckpointError, load_checkpoint, safe_load
 from pyro_vae.train.checks import check_data
 from pyro_vae.train.loop import TrainingInterrupted, TrainResult, fit
 from pyro_vae.train.rundir import RunDirectoryError
@@ -23,7 +23,19 @@ from pyro_vae.train.state import EpochCursor, Schedule, TrainState
 from pyro_vae.train.step import NonFiniteLossError, TrainStep, diagnose_non_finite
 
 __all__ = [
-    "CheckpointError", "Checkpointer", "EpochCursor", "NonFiniteLossError", "RunDirectoryError",
-    "Schedule", "TrainResult", "TrainState", "TrainStep", "TrainingInterrupted", "check_data",
-    "diagnose_non_finite", "fit", "load_checkpoint", "safe_load",
+    "CheckpointError",
+    "Checkpointer",
+    "EpochCursor",
+    "NonFiniteLossError",
+    "RunDirectoryError",
+    "Schedule",
+    "TrainResult",
+    "TrainState",
+    "TrainStep",
+    "TrainingInterrupted",
+    "check_data",
+    "diagnose_non_finite",
+    "fit",
+    "load_checkpoint",
+    "safe_load",
 ]

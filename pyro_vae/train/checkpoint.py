@@ -16,8 +16,9 @@ import json
 import pickle
 import random
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,8 +113,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     n = state["numpy"]
     np.random.set_state(
-        ("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-         n["cached_gaussian"])
+        (
+            "MT19937",
+            n["keys"].cpu().numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -143,7 +149,8 @@ def load_checkpoint(
         diffs = config_diff(state["config"], expected_config)
         if diffs:
             raise CheckpointError(
-                f"{path} was written for another configuration: " + "; ".join(diffs)
+                f"{path} was written for another configuration: "
+                + "; ".join(diffs)
                 + ". Use the checkpoint's settings, or start a new run with another --out."
             )
     try:
@@ -347,4 +354,3 @@ class Checkpointer:
                 f"left. Make room, then {then}",
                 e.errno,
             ) from e
-

@@ -65,4 +65,3 @@ def _observation_support(vae: VAE, data: torch.Tensor):
         return vae.likelihood.distribution(vae.decoder.forward(z)).support
     except ValueError:  # invalid parameters already: the first step names them
         return None
-

@@ -180,8 +180,14 @@ class _Run:
         spe = self.schedule.steps_per_epoch
         cursor = state.cursor or EpochCursor.start(self.schedule.n, self.train.device)
         state.cursor = None
-        bar = tqdm(total=spe, initial=cursor.batch, desc=f"epoch {state.epoch + 1}/{self.cfg.epochs}",
-                   disable=self.cfg.quiet, leave=True, dynamic_ncols=True)
+        bar = tqdm(
+            total=spe,
+            initial=cursor.batch,
+            desc=f"epoch {state.epoch + 1}/{self.cfg.epochs}",
+            disable=self.cfg.quiet,
+            leave=True,
+            dynamic_ncols=True,
+        )
         epoch = _Epoch(cursor, bar, time.perf_counter() - cursor.seconds)
         window_loss, window_n = torch.zeros((), device=self.train.device), 0
         for i in range(cursor.batch, spe):
@@ -207,15 +213,17 @@ class _Run:
         test_elbo = (
             math.nan if self.test is None else evaluate_elbo(self.vae, self.test, self.preprocess)
         )
-        state.metrics.append({
-            "epoch": state.epoch + 1,
-            "step": state.step,
-            "train_elbo": train_elbo,
-            "test_elbo": test_elbo,
-            "seconds": time.perf_counter() - epoch.started,
-            "lr": self.step.optimizer.param_groups[0]["lr"],
-            "beta": self.vae.beta,
-        })
+        state.metrics.append(
+            {
+                "epoch": state.epoch + 1,
+                "step": state.step,
+                "train_elbo": train_elbo,
+                "test_elbo": test_elbo,
+                "seconds": time.perf_counter() - epoch.started,
+                "lr": self.step.optimizer.param_groups[0]["lr"],
+                "beta": self.vae.beta,
+            }
+        )
         epoch.bar.set_postfix(train=f"{train_elbo:.2f}", test=f"{test_elbo:.2f}")
         epoch.bar.close()
         score = train_elbo if self.test is None else test_elbo
@@ -248,12 +256,19 @@ class _Run:
 
     def _check(self, state: TrainState, epoch: _Epoch, cause=None, step=None) -> None:
         """Stop with :class:`NonFiniteLossError` if the guard saw a bad step (one host sync)."""
+
         def batch_of(bad_step: int) -> torch.Tensor:
             return self._batch(epoch.cursor.perm, self.schedule.batch_of_step(bad_step))
 
         try:
-            self.step.guard.check(self.vae, self.checkpoints.kept(), batch_of,
-                                  self.schedule.epoch_of_step, cause=cause, step=step)
+            self.step.guard.check(
+                self.vae,
+                self.checkpoints.kept(),
+                batch_of,
+                self.schedule.epoch_of_step,
+                cause=cause,
+                step=step,
+            )
         except NonFiniteLossError:
             epoch.bar.close()
             raise

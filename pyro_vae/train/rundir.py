@@ -4,7 +4,8 @@ it written atomically.
 Layout::
 
     config.json         resolved configuration, versions, git SHA, data shape
-    metrics.jsonl       one JSON line per epoch (epoch, step, train_elbo, test_elbo, seconds, lr, beta)
+    metrics.jsonl       one JSON line per epoch (epoch, step, train_elbo, test_elbo, seconds,
+                        lr, beta)
     metrics.csv         the same as a table
     checkpoint.pt       latest state (model, optimizer, schedule, RNG, epoch, step, metrics,
                         config; after Ctrl-C also the epoch's permutation and next batch)
@@ -25,8 +26,9 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import pyro
 import torch
@@ -120,7 +122,8 @@ def prepare(run_dir: str | Path) -> Path:
     except OSError as e:
         raise RunDirectoryError(
             f"the run directory {run_dir} is not writable ({e.strerror or e}); nothing was "
-            f"trained. Choose another --out, or make room.", e.errno
+            f"trained. Choose another --out, or make room.",
+            e.errno,
         ) from e
     return run_dir
 

@@ -25,7 +25,7 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = True
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._installed = True
@@ -36,4 +36,3 @@ class StopRequest:
             previous = self._previous if self._previous is not None else signal.default_int_handler
             signal.signal(signal.SIGINT, previous)
             self._installed = False
-

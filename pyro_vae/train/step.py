@@ -10,7 +10,7 @@ term of a bad step by tracing it once more with validation on.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from pyro import poutine
@@ -206,11 +206,9 @@ def diagnose_non_finite(vae: VAE, x: torch.Tensor) -> tuple[str | None, str]:
     )
 
 
-
 def non_finite_parameter(error: ValueError, vae: VAE) -> bool:
     """Whether ``error``, raised by a step, comes from a non-finite parameter or from Pyro's
     refusal of a distribution parameter: a bad step for :class:`NonFiniteGuard` to name."""
     if not all(torch.isfinite(p).all() for p in vae.parameters()):
         return True
     return invalid_distribution_argument(error)
-

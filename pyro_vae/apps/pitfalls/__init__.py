@@ -37,6 +37,7 @@ Decoders*, ICML 2021 (the MSE weight as a fixed decoder variance).
 [3] I. Higgins et al., *beta-VAE: Learning Basic Visual Concepts with a Constrained
 Variational Framework*, ICLR 2017 (a KL weight above 1).
 """
+
 from pyro_vae.apps.pitfalls.catalogue import PITFALL_ORDER, PITFALLS, Pitfall
 from pyro_vae.apps.pitfalls.programs import (
     BinaryCrossEntropyLikelihood,
@@ -60,9 +61,24 @@ from pyro_vae.apps.pitfalls.runner import (
 )
 
 __all__ = [
-    "BinaryCrossEntropyLikelihood", "FixedScaleNormalLikelihood", "LogVarianceEncoder",
-    "ObservationScaledVAE", "PITFALLS", "PITFALL_ORDER", "Pitfall", "PitfallsConfig",
-    "PitfallsReport", "ProgramResult", "SiteScaleMessenger", "UnnormalizedBernoulli",
-    "add_pitfalls_flags", "config_from_args", "main", "pitfalls_markdown", "pitfalls_table",
-    "pixel_mean_program", "prior_means", "run_pitfalls",
+    "BinaryCrossEntropyLikelihood",
+    "FixedScaleNormalLikelihood",
+    "LogVarianceEncoder",
+    "ObservationScaledVAE",
+    "PITFALLS",
+    "PITFALL_ORDER",
+    "Pitfall",
+    "PitfallsConfig",
+    "PitfallsReport",
+    "ProgramResult",
+    "SiteScaleMessenger",
+    "UnnormalizedBernoulli",
+    "add_pitfalls_flags",
+    "config_from_args",
+    "main",
+    "pitfalls_markdown",
+    "pitfalls_table",
+    "pixel_mean_program",
+    "prior_means",
+    "run_pitfalls",
 ]

@@ -13,7 +13,7 @@ Decoders*, ICML 2021 (the MSE weight as a fixed decoder variance).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
@@ -164,4 +164,3 @@ class LogVarianceEncoder(MLPEncoder):
 
     def to_scale(self, log_var: torch.Tensor) -> torch.Tensor:
         return log_var if self.as_std else torch.exp(0.5 * log_var)
-

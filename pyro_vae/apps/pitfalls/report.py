@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pyro_vae.apps.pitfalls.catalogue import PITFALLS
 from pyro_vae.infer import ESTIMATORS
@@ -33,11 +34,19 @@ def pitfalls_table(results: Sequence[ProgramResult], iw_samples: int) -> str:
             cells = [f"refused at step {r.refused_step}"] + ["—"] * 6
             why = f"{why}: `{r.refused}`"
         else:
-            log_px = f"{r.log_px:.2f} ± {r.log_px_se:.2f}" if r.log_px_se is not None else (
-                _cell(r.log_px))
+            log_px = (
+                f"{r.log_px:.2f} ± {r.log_px_se:.2f}"
+                if r.log_px_se is not None
+                else (_cell(r.log_px))
+            )
             cells = [
-                _cell(r.objective), _cell(r.elbo), _cell(r.kl), _cell(r.active_units), log_px,
-                _cell(r.ess_median, 1), _cell(r.bits_per_dim, 3),
+                _cell(r.objective),
+                _cell(r.elbo),
+                _cell(r.kl),
+                _cell(r.active_units),
+                log_px,
+                _cell(r.ess_median, 1),
+                _cell(r.bits_per_dim, 3),
             ]
         lines.append("| " + " | ".join([label, f"{r.role}: {r.program}", *cells, why]) + " |")
     return "\n".join(lines)
@@ -49,15 +58,16 @@ def pitfalls_markdown(cfg: PitfallsConfig, results: Sequence[ProgramResult], fac
     model, train = cfg.run.model, cfg.run.train
     hidden = "-".join(map(str, model.hidden))
     estimator = ESTIMATORS.get(train.estimator).description.split(":")[0]
-    parts = [f"""# The classic VAE loss mistakes, as the Pyro programs they are
+    parts = [
+        f"""# The classic VAE loss mistakes, as the Pyro programs they are
 
-Data: `{cfg.run.data.dataset}`, {facts['num_train']} training and {facts['num_test']} held-out \
-datapoints of shape {tuple(facts['event_shape'])} (D = {D}). Every program: MLP \
-{D}-{hidden}-{model.latent_dim} (decoder mirrored), Adam (lr {train.lr}), batch {train.batch_size}, \
-{train.epochs} epochs of `{estimator}` on its own model and guide through \
+Data: `{cfg.run.data.dataset}`, {facts["num_train"]} training and {facts["num_test"]} held-out \
+datapoints of shape {tuple(facts["event_shape"])} (D = {D}). Every program: MLP \
+{D}-{hidden}-{model.latent_dim} (decoder mirrored), Adam (lr {train.lr}), batch \
+{train.batch_size}, {train.epochs} epochs of `{estimator}` on its own model and guide through \
 `pyro_vae.train.fit`, seed {train.seed}: the mistake and the correct program start from the same \
-networks and see the same batches. Torch threads: {facts['torch_threads']}. Wall time: \
-{facts['seconds'] / 60:.1f} min.
+networks and see the same batches. Torch threads: {facts["torch_threads"]}. Wall time: \
+{facts["seconds"] / 60:.1f} min.
 
 Every number is **nats per datapoint**, summed over the D = {D} dimensions, higher is better, \
 on the held-out data, **under the correct model**: the trained networks read by the model \
@@ -67,9 +77,9 @@ with the same logits; a fixed-sigma Normal is already normalized and is judged a
 - own objective: the held-out value of the objective the program was trained on, as its author \
 sees it (scaled by 1/D, or unnormalized); not comparable across rows.
 - ELBO, KL: analytic KL, reconstruction term with {cfg.elbo_particles} particles, on all \
-{facts['num_test']} held-out datapoints; active units: Cov_x(E_q[z_d | x]) > 0.01.
+{facts["num_test"]} held-out datapoints; active units: Cov_x(E_q[z_d | x]) > 0.01.
 - log p(x): importance sampling with K = {cfg.iw_samples} on the first \
-{facts['num_test_iw']} held-out datapoints, mean ± standard error over datapoints; ESS: the \
+{facts["num_test_iw"]} held-out datapoints, mean ± standard error over datapoints; ESS: the \
 median effective sample size of the K weights (near 1: the guide is a poor proposal under the \
 correct model, and log p(x) a loose lower bound).
 - bits/dim = 8 - log p(x) / (D ln 2), for densities on dequantized 8-bit data.
@@ -78,7 +88,8 @@ a log-probability); bce-grey and mse train densities on dequantized grey levels 
 positive: the negative loss of a density is no bug).
 
 {pitfalls_table(results, cfg.iw_samples)}
-"""]
+"""
+    ]
     by_name: dict[str, list[ProgramResult]] = {}
     for r in results:
         by_name.setdefault(r.pitfall, []).append(r)
@@ -98,4 +109,3 @@ positive: the negative loss of a density is no bug).
             section += ["", f"![{name}]({picture})"]
         parts.append("\n".join(section) + "\n")
     return "\n".join(parts)
-

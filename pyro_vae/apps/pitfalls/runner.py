@@ -53,11 +53,21 @@ from pyro_vae.train import NonFiniteLossError, fit
 from pyro_vae.train.rundir import atomic_write_text, environment, prepare
 from pyro_vae.validation import validation_refusal
 
-
 #: the run settings the pitfalls use (the likelihood, preprocessing and networks are each
 #: program's own): the flags of ``experiments/loss_pitfalls.py``
-RUN_FLAGS = ("dataset", "test_size", "num_shapes", "latent_dim", "hidden", "epochs",
-             "batch_size", "lr", "seed", "device", "quiet")
+RUN_FLAGS = (
+    "dataset",
+    "test_size",
+    "num_shapes",
+    "latent_dim",
+    "hidden",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "device",
+    "quiet",
+)
 
 
 @dataclass(frozen=True)
@@ -76,14 +86,13 @@ class PitfallsConfig:
         None, "train on the first N training datapoints", default_text="all"
     )
     num_test: int | None = setting(
-        None, "importance-sample log p(x) on the first N held-out datapoints (the ELBO uses all)",
+        None,
+        "importance-sample log p(x) on the first N held-out datapoints (the ELBO uses all)",
         default_text="all",
     )
     iw_samples: int = setting(1000, "K of the importance-sampled log p(x)")
     elbo_particles: int = setting(10, "particles of the held-out ELBO's reconstruction term")
-    mse_weight: float = setting(
-        1.0, "w of the mse mistake, w * sum (x - mu)^2: sigma = 1/sqrt(2w)"
-    )
+    mse_weight: float = setting(1.0, "w of the mse mistake, w * sum (x - mu)^2: sigma = 1/sqrt(2w)")
     memory_budget_mb: float = setting(
         DEFAULT_MEMORY_BUDGET_MB, "memory for one chunk of particles x datapoints in evaluation"
     )
@@ -170,13 +179,21 @@ def _evaluate(view: VAE, x: torch.Tensor, cfg: PitfallsConfig, dequantized: bool
     """The held-out numbers of a program read under the correct model ``view``."""
     seed = cfg.run.train.seed
     terms = elbo_terms(
-        view, x, cfg.elbo_particles, seed=seed, memory_budget_mb=cfg.memory_budget_mb,
+        view,
+        x,
+        cfg.elbo_particles,
+        seed=seed,
+        memory_budget_mb=cfg.memory_budget_mb,
         quiet=cfg.quiet,
     )
     units = active_units(view, x) if len(x) > 1 else None
     imp = importance_log_px(
-        view, x[: cfg.num_test] if cfg.num_test else x, cfg.iw_samples, seed=seed,
-        memory_budget_mb=cfg.memory_budget_mb, quiet=cfg.quiet,
+        view,
+        x[: cfg.num_test] if cfg.num_test else x,
+        cfg.iw_samples,
+        seed=seed,
+        memory_budget_mb=cfg.memory_budget_mb,
+        quiet=cfg.quiet,
     )
     reason = bits_per_dim_reason(view, dequantized)
     return {
@@ -191,9 +208,7 @@ def _evaluate(view: VAE, x: torch.Tensor, cfg: PitfallsConfig, dequantized: bool
     }
 
 
-def _pictures(
-    programs: list[tuple[str, VAE, VAE]], x: torch.Tensor, seed: int, path: Path
-) -> bool:
+def _pictures(programs: list[tuple[str, VAE, VAE]], x: torch.Tensor, seed: int, path: Path) -> bool:
     """Test inputs, then each program's reconstructions, then its samples (likelihood means
     at the same prior draws), in labelled rows: ``(role, trained program, correct reading)``."""
     recon, samples = [], []
@@ -233,20 +248,33 @@ def run_pitfalls(config: PitfallsConfig, out: str | Path | None = None) -> Pitfa
 
     shape = tuple(split.event_shape)
     facts = {
-        "dataset": dataset, "event_shape": list(shape), "num_dims": math.prod(shape),
+        "dataset": dataset,
+        "event_shape": list(shape),
+        "num_dims": math.prod(shape),
         "num_train": len(split.train[: cfg.num_train] if cfg.num_train else split.train),
         "num_test": len(split.test),
         "num_test_iw": min(cfg.num_test or len(split.test), len(split.test)),
-        "torch_threads": torch.get_num_threads(), "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
         "seconds": time.perf_counter() - started,
     }
-    atomic_write_text(out / "config.json", json.dumps(
-        {"config": asdict(cfg), "data": facts, "environment": environment()}, indent=2
-    ) + "\n")
-    atomic_write_text(out / "results.json", json.dumps(
-        {"units": "nats per datapoint, higher is better, under the correct model",
-         "data": facts, "programs": [asdict(r) for r in results]}, indent=2
-    ) + "\n")
+    atomic_write_text(
+        out / "config.json",
+        json.dumps({"config": asdict(cfg), "data": facts, "environment": environment()}, indent=2)
+        + "\n",
+    )
+    atomic_write_text(
+        out / "results.json",
+        json.dumps(
+            {
+                "units": "nats per datapoint, higher is better, under the correct model",
+                "data": facts,
+                "programs": [asdict(r) for r in results],
+            },
+            indent=2,
+        )
+        + "\n",
+    )
     markdown = pitfalls_markdown(cfg, results, facts)
     atomic_write_text(out / "pitfalls.md", markdown)
     return PitfallsReport(cfg, out, results, markdown)
@@ -310,13 +338,16 @@ def _progress_line(r: ProgramResult) -> str:
 def add_pitfalls_flags(p: argparse.ArgumentParser, default_dataset: str = "shapes") -> None:
     """The flags of ``experiments/loss_pitfalls.py``: the pitfalls' settings and the run
     settings they use (:data:`RUN_FLAGS`)."""
-    names = (*(f.name for f, _ in settings_of(PitfallsConfig) if f.name not in
-               setting_names(RunConfig)), *RUN_FLAGS)
+    names = (
+        *(f.name for f, _ in settings_of(PitfallsConfig) if f.name not in setting_names(RunConfig)),
+        *RUN_FLAGS,
+    )
     defaults = from_flat(PitfallsConfig(), {"dataset": default_dataset})
     add_flags(p, PitfallsConfig, defaults=defaults, only=names)
     p.set_defaults(dataset=default_dataset)
-    p.add_argument("--out", default=None,
-                   help="output folder (default: runs/pitfalls-<time>-<dataset>)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default: runs/pitfalls-<time>-<dataset>)"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> PitfallsConfig:
@@ -334,4 +365,3 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(pitfalls_table(report.results, cfg.iw_samples))
     print(f"report: {report.out / 'pitfalls.md'}")
     return 0
-
