@@ -33,5 +33,6 @@ def test_use_from_python_snippets_run(tmp_path, monkeypatch, capsys):
 def test_ci_runs_the_readme_commands():
     ci = (ROOT / ".ci" / "run").read_text()
     setup = re.search(r"```bash\n(.*?)\n```", _section("Set up"), re.S).group(1)
-    test = re.search(r"```bash\n(.*?)\n```", _section("Test"), re.S).group(1)
-    assert setup in ci and test in ci
+    test, lint = re.findall(r"```bash\n(.*?)\n```", _section("Test"), re.S)
+    assert setup in ci and test in ci and lint in ci
+    assert ci.index(lint) < ci.index(test)  # the linter before the tests

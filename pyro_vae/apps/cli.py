@@ -37,7 +37,18 @@ from pyro_vae.models import LIKELIHOODS
 from pyro_vae.runs import CHECKPOINTS, load_run, load_split, run_config, run_training
 from pyro_vae.train import CheckpointError, NonFiniteLossError, TrainingInterrupted
 
-_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
+class _Format(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: not for a ``None`` default, whose help says what it means, nor
+    for the configuration flags, whose help states theirs (:func:`~pyro_vae.config.add_flags`)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+_FORMAT = _Format
 
 
 def _add_train(sub) -> None:
@@ -78,7 +89,7 @@ def _add_evaluate(sub) -> None:
         "Every figure is in nats per datapoint, higher is better.",
     )
     p.add_argument("run_dir")
-    add_flags(p, EvalConfig, exclude=("elbo_particles",))
+    add_flags(p, EvalConfig)
 
 
 def _add_sample(sub) -> None:

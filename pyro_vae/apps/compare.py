@@ -256,34 +256,10 @@ def run_comparison(config: CompareConfig, out: str | Path | None = None) -> Comp
     reference = None
     for i, (est, K, seed) in enumerate(plan):
         label = est if est in SINGLE_PARTICLE else f"{est}-K{K}"
-        run_dir = out / "runs" / f"{label}-seed{seed}"
-        result = run_training(cfg.run_config(est, K, seed), out=run_dir)
-        vae = result.vae
-        device = next(vae.parameters()).device
-        if seed not in data:
-            x, _, _, _ = evaluation_data(result.run_dir)
-            data[seed] = x[: cfg.num_test] if cfg.num_test else x
-        x = data[seed].to(device)
-        iw = importance_log_px(vae, x, cfg.iw_samples, seed=0, quiet=cfg.quiet)
-        stats = gradient_snr(vae, x[: cfg.snr_batch], est, [K], R=cfg.snr_draws, seed=seed)
-        snr = {s.group: s.snr for s in stats}
-        run = RunSummary(
-            estimator=est,
-            K=K,
-            seed=seed,
-            test_elbo=result.test_elbo,
-            log_px=iw.mean,
-            log_px_se=iw.se,
-            seconds_per_epoch=statistics.fmean(m["seconds"] for m in result.metrics),
-            encoder_snr=snr["encoder"],
-            decoder_snr=snr["decoder"],
-            run_dir=str(result.run_dir),
-            curve=[m["test_elbo"] for m in result.metrics],
-            train_curve=[m["train_elbo"] for m in result.metrics],
-        )
+        run, vae = _train_and_measure(cfg, est, K, seed, out / "runs" / f"{label}-seed{seed}", data)
         runs.append(run)
         if reference is None and est == SNR_REFERENCE:
-            reference = (vae, x[: cfg.snr_batch], seed)
+            reference = (vae, data[seed][: cfg.snr_batch].to(next(vae.parameters()).device), seed)
         if not cfg.quiet:
             print(
                 f"[{i + 1}/{len(plan)}] {label} seed {seed}: test ELBO {run.test_elbo:.2f}, "
@@ -301,18 +277,54 @@ def run_comparison(config: CompareConfig, out: str | Path | None = None) -> Comp
     for r in runs:
         r.log_px_gain = r.log_px - base[r.seed]
     table = aggregate(runs)
-    elapsed = time.perf_counter() - started
-
-    atomic_write_text(out / "comparison.csv", _csv(table))
-    atomic_write_text(
-        out / "runs.csv",
-        _csv(
-            [
-                {k: v for k, v in asdict(r).items() if k not in ("curve", "train_curve")}
-                for r in runs
-            ]
-        ),
+    _write_tables_and_pictures(out, cfg, runs, table, snr_rows, seed)
+    markdown = _comparison_markdown(
+        cfg, table, snr_rows, seed, len(data[cfg.seeds[0]]), time.perf_counter() - started
     )
+    atomic_write_text(out / "comparison.md", markdown)
+    return Comparison(cfg, out, runs, table, snr_rows, markdown)
+
+
+def _train_and_measure(
+    cfg: CompareConfig, est: str, K: int, seed: int, run_dir: Path, data: dict
+) -> tuple[RunSummary, torch.nn.Module]:
+    """Train one run, then measure it at its final parameters; ``data`` caches each seed's
+    test split as the model sees it."""
+    result = run_training(cfg.run_config(est, K, seed), out=run_dir)
+    vae = result.vae
+    if seed not in data:
+        x, _, _, _ = evaluation_data(result.run_dir)
+        data[seed] = x[: cfg.num_test] if cfg.num_test else x
+    x = data[seed].to(next(vae.parameters()).device)
+    iw = importance_log_px(vae, x, cfg.iw_samples, seed=0, quiet=cfg.quiet)
+    stats = gradient_snr(vae, x[: cfg.snr_batch], est, [K], R=cfg.snr_draws, seed=seed)
+    snr = {s.group: s.snr for s in stats}
+    run = RunSummary(
+        estimator=est,
+        K=K,
+        seed=seed,
+        test_elbo=result.test_elbo,
+        log_px=iw.mean,
+        log_px_se=iw.se,
+        seconds_per_epoch=statistics.fmean(m["seconds"] for m in result.metrics),
+        encoder_snr=snr["encoder"],
+        decoder_snr=snr["decoder"],
+        run_dir=str(result.run_dir),
+        curve=[m["test_elbo"] for m in result.metrics],
+        train_curve=[m["train_elbo"] for m in result.metrics],
+    )
+    return run, vae
+
+
+def _write_tables_and_pictures(
+    out: Path, cfg: CompareConfig, runs, table, snr_rows, seed: int
+) -> None:
+    """``comparison.csv``, ``runs.csv``, ``snr.csv``, ``learning_curves.png``, ``snr.png``."""
+    atomic_write_text(out / "comparison.csv", _csv(table))
+    per_run = [
+        {k: v for k, v in asdict(r).items() if k not in ("curve", "train_curve")} for r in runs
+    ]
+    atomic_write_text(out / "runs.csv", _csv(per_run))
     atomic_write_text(out / "snr.csv", _csv([s.as_dict() for s in snr_rows]))
     plot_learning_curves(runs).savefig(out / "learning_curves.png")
     plot_snr(
@@ -321,10 +333,14 @@ def run_comparison(config: CompareConfig, out: str | Path | None = None) -> Comp
         f"R = {cfg.snr_draws}",
     ).savefig(out / "snr.png")
 
-    n_test = len(data[cfg.seeds[0]])
+
+def _comparison_markdown(
+    cfg: CompareConfig, table, snr_rows, seed: int, n_test: int, elapsed: float
+) -> str:
+    """``comparison.md``: the settings, what each column means, and both tables."""
     shown = {k: v for k, v in flat_dict(cfg).items() if k not in (*PER_RUN, "quiet")}
     settings = ", ".join(f"{k}={v}" for k, v in shown.items())
-    markdown = f"""# Estimator comparison
+    return f"""# Estimator comparison
 
 Settings: {settings}. Torch threads: {torch.get_num_threads()}. Wall time: {elapsed / 60:.1f} min.
 
@@ -353,8 +369,6 @@ parameters of Var(g).
 
 Files: `comparison.csv`, `runs.csv`, `snr.csv`, `learning_curves.png`, `snr.png`, `runs/`.
 """
-    atomic_write_text(out / "comparison.md", markdown)
-    return Comparison(cfg, out, runs, table, snr_rows, markdown)
 
 
 # ----------------------------------------------------------------------- command line

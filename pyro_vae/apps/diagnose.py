@@ -273,6 +273,125 @@ def _rescale_levels(kmax: int) -> str:
     )
 
 
+_SCRIPT = "python experiments/loss_pitfalls.py --pitfalls"
+
+
+def _levels_advice(kind: str, x: torch.Tensor, values: torch.Tensor) -> list[Advice]:
+    """Levels stored so that the loader misreads them (uint8 below 128, integers as floats,
+    8-bit levels as floats on the grid k/255)."""
+    low, high = values[0].item(), values[-1].item()
+    integer = bool((values == values.round()).all())
+    grid = values * 255
+    on_grid = len(values) <= 256 and bool(((grid - grid.round()).abs() < 1e-3).all())
+    if kind == "low-levels":
+        kmax = int(high)
+        if len(values) == kmax + 1:
+            seen = f"{len(values)} grey levels 0..{kmax}"
+        else:
+            seen = f"{len(values)} levels between {int(low)} and {kmax}"
+        text = (
+            f"{seen} stored as uint8: the loader reads uint8 as 8-bit levels k/255, so the "
+            f"brightest value is {kmax}/255 = {kmax / 255:.3f}, densities see a dark image and "
+            f"bernoulli's binarization draws Bernoulli(k/255) <= {kmax / 255:.3f} (most pixels "
+            f"off). If {kmax} means full brightness, {_rescale_levels(kmax)} Saving x / {kmax} "
+            f"as float32 instead would leave {len(values)} exact values, on which a density "
+            f"grows without bound."
+        )
+    elif kind == "8-bit" and high < 255:
+        text = (
+            f"the brightest level is {int(high)} < 255: if {int(high)} means full brightness, "
+            f"rescale before saving: np.round(x * (255 / {int(high)})).astype(np.uint8)."
+        )
+    elif x.dtype != torch.uint8 and integer and low >= 0 and high <= 255 and kind == "real":
+        text = (
+            f"integer values {int(low)}..{int(high)} stored as floats are taken literally "
+            f"(outside [0, 1]), and a density on these {len(values)} exact values grows without "
+            f"bound, rescaled to [0, 1] or not. If they are grey levels with {int(high)} as full "
+            f"brightness, {_rescale_levels(int(high))}"
+        )
+    elif kind == "unit-interval" and on_grid:
+        text = (
+            "the values lie on the grid k/255: 8-bit levels stored as floats. Save them as "
+            "uint8 so that the trainer dequantizes them for continuous likelihoods and bits/dim "
+            "is defined."
+        )
+    else:
+        return []
+    return [Advice("levels", text)]
+
+
+def _bce_advice(kind: str, low: float, high: float) -> list[Advice]:
+    """Binary cross-entropy on grey levels, or on values outside [0, 1]."""
+    if kind in ("8-bit", "low-levels", "unit-interval"):
+        text = (
+            "grey levels are not Bernoulli outcomes: binary cross-entropy on them, "
+            "x log p + (1 - x) log(1 - p), integrates to at most 1/2 over [0, 1] (it is the "
+            "continuous Bernoulli without its normalizer log C(p)), so its 'ELBO' bounds no "
+            "likelihood and p is not the mean. Binarize for bernoulli (its default, --binarize "
+            f"dynamic) or use --likelihood continuous-bernoulli. See: {_SCRIPT} bce-grey"
+        )
+    elif kind == "real" and (high > 1 or low < 0):
+        text = (
+            f"values in [{low:.4g}, {high:.4g}] are outside [0, 1]: binary cross-entropy on them "
+            "is unbounded (for x > 1 the term (1 - x) log(1 - p) goes to +infinity as p -> 1), "
+            "so a hand-written BCE loss runs to -1e18. bernoulli and continuous-bernoulli "
+            "refuse these data; rescale to [0, 1] or use normal."
+        )
+    else:
+        return []
+    return [Advice("bce-grey", text)]
+
+
+def _mse_advice(data_sd: float) -> Advice:
+    """A summed squared error: a Normal whose fixed sigma the weight sets, not the data."""
+    if data_sd > 0:
+        spread = (
+            f"the fixed sigma {MSE_SIGMA:.3f} is {MSE_SIGMA / data_sd:.3g} times the data's "
+            f"standard deviation per dimension, s = {data_sd:.3g}"
+        )
+    else:
+        spread = "the data's standard deviation per dimension is s = 0"
+    text = (
+        "a summed squared error is a Normal with sigma fixed at 1/sqrt(2) (a weight w on it: "
+        f"sigma = 1/sqrt(2w)); {spread}: the arbitrary weight, not the data, sets that ratio "
+        "and with it the balance against the KL. --likelihood normal learns sigma. "
+        f"See: {_SCRIPT} mse"
+    )
+    return Advice("mse", text)
+
+
+def _constant_advice(x: torch.Tensor, constant_dims: int) -> Advice:
+    """Dimensions constant over all datapoints: no information, and a trap for a density."""
+    n, d = len(x), math.prod(x.shape[1:])
+    text = (
+        f"{constant_dims} of {d} dimensions ({constant_dims / d:.1%}) are constant over all "
+        f"{n} datapoints: they carry no information. "
+    )
+    if x.dtype == torch.uint8:
+        text += (
+            "Dequantized, each still adds up to log 256 = 5.55 nats to a density's log p(x) "
+            "(0 bits/dim)."
+        )
+    else:
+        text += (
+            "Not dequantized, a density on them grows without bound (normal's per-pixel or "
+            "decoder sigma shrinks to its floor exp(-6)); drop them, or use --scale shared."
+        )
+    return Advice("constant", text)
+
+
+_UNITS = (
+    "real-valued data: only a density on the real line fits (normal); log p(x) depends on the "
+    "units of x (scaling x by c shifts it by -D log c), and bits/dim is undefined (no 8-bit "
+    "levels)."
+)
+_LOGVAR = (
+    "not a question of data: a log-variance used as a standard deviation is a guide whose "
+    "scale can be <= 0. pyro-vae's encoders use softplus, and Pyro's validation refuses a "
+    f"scale <= 0 at the first step. See: {_SCRIPT} logvar-std"
+)
+
+
 def _advice(
     kind: str,
     x: torch.Tensor,
@@ -280,182 +399,24 @@ def _advice(
     constant_dims: int,
     data_sd: float,
 ) -> list[Advice]:
-    n, d = len(x), math.prod(x.shape[1:])
-    low, high = values[0].item(), values[-1].item()
-    integer = bool((values == values.round()).all())
-    out: list[Advice] = []
-    script = "python experiments/loss_pitfalls.py --pitfalls"
-
-    if kind == "low-levels":
-        kmax = int(high)
-        contiguous = len(values) == kmax + 1
-        seen = (
-            f"{len(values)} grey levels 0..{kmax}"
-            if contiguous
-            else (f"{len(values)} levels between {int(low)} and {kmax}")
-        )
-        out.append(
-            Advice(
-                "levels",
-                (
-                    f"{seen} stored as uint8: the loader reads uint8 as 8-bit levels k/255, so the "
-                    f"brightest value is {kmax}/255 = {kmax / 255:.3f}, densities see a dark image "
-                    f"and bernoulli's binarization draws Bernoulli(k/255) <= {kmax / 255:.3f} "
-                    "(most "
-                    f"pixels off). If {kmax} means full brightness, {_rescale_levels(kmax)} Saving "
-                    f"x / {kmax} as float32 instead would leave {len(values)} exact values, on "
-                    "which a "
-                    f"density grows without bound."
-                ),
-            )
-        )
-    elif kind == "8-bit" and high < 255:
-        out.append(
-            Advice(
-                "levels",
-                (
-                    f"the brightest level is {int(high)} < 255: if {int(high)} means full "
-                    "brightness, "
-                    f"rescale before saving: np.round(x * (255 / {int(high)})).astype(np.uint8)."
-                ),
-            )
-        )
-    if x.dtype != torch.uint8 and integer and low >= 0 and high <= 255 and kind == "real":
-        out.append(
-            Advice(
-                "levels",
-                (
-                    f"integer values {int(low)}..{int(high)} stored as floats are taken literally "
-                    f"(outside [0, 1]), and a density on these {len(values)} exact values grows "
-                    f"without bound, rescaled to [0, 1] or not. If they are grey levels with "
-                    f"{int(high)} as full brightness, {_rescale_levels(int(high))}"
-                ),
-            )
-        )
-    if kind == "unit-interval" and len(values) <= 256:
-        grid = values * 255
-        if bool(((grid - grid.round()).abs() < 1e-3).all()):
-            out.append(
-                Advice(
-                    "levels",
-                    (
-                        "the values lie on the grid k/255: 8-bit levels stored as floats. Save "
-                        "them as "
-                        "uint8 so that the trainer dequantizes them for continuous likelihoods and "
-                        "bits/dim is defined."
-                    ),
-                )
-            )
-
-    if kind in ("8-bit", "low-levels", "unit-interval"):
-        out.append(
-            Advice(
-                "bce-grey",
-                (
-                    "grey levels are not Bernoulli outcomes: binary cross-entropy on them, "
-                    "x log p + (1 - x) log(1 - p), integrates to at most 1/2 over [0, 1] (it is "
-                    "the "
-                    "continuous Bernoulli without its normalizer log C(p)), so its 'ELBO' bounds "
-                    "no "
-                    "likelihood and p is not the mean. Binarize for bernoulli (its default, "
-                    "--binarize "
-                    f"dynamic) or use --likelihood continuous-bernoulli. See: {script} bce-grey"
-                ),
-            )
-        )
-    elif kind == "real" and (high > 1 or low < 0):
-        out.append(
-            Advice(
-                "bce-grey",
-                (
-                    f"values in [{low:.4g}, {high:.4g}] are outside [0, 1]: binary cross-entropy "
-                    "on "
-                    "them is unbounded (for x > 1 the term (1 - x) log(1 - p) goes to +infinity as "
-                    "p -> 1), so a hand-written BCE loss runs to -1e18. bernoulli and "
-                    "continuous-bernoulli refuse these data; rescale to [0, 1] or use normal."
-                ),
-            )
-        )
-
-    out.append(
-        Advice(
-            "pixel-mean",
-            (
-                f"a reconstruction term averaged over the D = {d} dimensions instead of summed is "
-                f"the model with its x site scaled by 1/{d}, i.e. a KL weight of {d}: the "
-                "posterior "
-                f"collapses. pyro-vae sums over D; multiply a per-dimension mean by {d} to "
-                "compare. "
-                f"See: {script} pixel-mean"
-            ),
-        )
+    """Every finding that fits these data, most specific first."""
+    d = math.prod(x.shape[1:])
+    out = _levels_advice(kind, x, values)
+    out += _bce_advice(kind, values[0].item(), values[-1].item())
+    pixel_mean = (
+        f"a reconstruction term averaged over the D = {d} dimensions instead of summed is the "
+        f"model with its x site scaled by 1/{d}, i.e. a KL weight of {d}: the posterior "
+        f"collapses. pyro-vae sums over D; multiply a per-dimension mean by {d} to compare. "
+        f"See: {_SCRIPT} pixel-mean"
     )
-
+    out.append(Advice("pixel-mean", pixel_mean))
     if kind != "binary":
-        if data_sd > 0:
-            spread = (
-                f"the fixed sigma {MSE_SIGMA:.3f} is {MSE_SIGMA / data_sd:.3g} times the data's "
-                f"standard deviation per dimension, s = {data_sd:.3g}"
-            )
-        else:
-            spread = "the data's standard deviation per dimension is s = 0"
-        out.append(
-            Advice(
-                "mse",
-                (
-                    "a summed squared error is a Normal with sigma fixed at 1/sqrt(2) (a weight "
-                    "w on "
-                    f"it: sigma = 1/sqrt(2w)); {spread}: the arbitrary weight, not the data, "
-                    "sets that "
-                    "ratio and with it the balance against the KL. --likelihood normal learns "
-                    "sigma. "
-                    f"See: {script} mse"
-                ),
-            )
-        )
-
-    if n > 1 and constant_dims:
-        text = (
-            f"{constant_dims} of {d} dimensions ({constant_dims / d:.1%}) are constant over "
-            f"all {n} datapoints: they carry no information. "
-        )
-        if x.dtype == torch.uint8:
-            text += (
-                "Dequantized, each still adds up to log 256 = 5.55 nats to a density's "
-                "log p(x) (0 bits/dim)."
-            )
-        else:
-            text += (
-                "Not dequantized, a density on them grows without bound (normal's per-pixel "
-                "or decoder sigma shrinks to its floor exp(-6)); drop them, or use --scale "
-                "shared."
-            )
-        out.append(Advice("constant", text))
-
+        out.append(_mse_advice(data_sd))
+    if len(x) > 1 and constant_dims:
+        out.append(_constant_advice(x, constant_dims))
     if kind == "real":
-        out.append(
-            Advice(
-                "units",
-                (
-                    "real-valued data: only a density on the real line fits (normal); log p(x) "
-                    "depends on the units of x (scaling x by c shifts it by -D log c), and "
-                    "bits/dim "
-                    "is undefined (no 8-bit levels)."
-                ),
-            )
-        )
-    out.append(
-        Advice(
-            "logvar-std",
-            (
-                "not a question of data: a log-variance used as a standard deviation is a guide "
-                "whose "
-                "scale can be <= 0. pyro-vae's encoders use softplus, and Pyro's validation "
-                "refuses a "
-                f"scale <= 0 at the first step. See: {script} logvar-std"
-            ),
-        )
-    )
+        out.append(Advice("units", _UNITS))
+    out.append(Advice("logvar-std", _LOGVAR))
     return out
 
 
