@@ -17,11 +17,12 @@ import argparse
 import sys
 
 from pyro_vae.apps.compare import add_compare_flags, main
+from pyro_vae.config import HelpFormatter
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_compare_flags(parser)
     sys.exit(main(parser.parse_args(), parser))

@@ -18,13 +18,14 @@ import sys
 from pathlib import Path
 
 from pyro_vae.apps.pitfalls import add_pitfalls_flags, main
+from pyro_vae.config import HelpFormatter
 
 MNIST_T10K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_pitfalls_flags(parser, default_dataset=str(MNIST_T10K) if MNIST_T10K.is_dir() else "shapes")
     sys.exit(main(parser.parse_args(), parser))

@@ -348,6 +348,16 @@ def add_flags(
         parser.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: not for a ``None`` default, whose help says what it means, nor
+    for the flags of :func:`add_flags`, whose help states theirs."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def given(args: argparse.Namespace, cls) -> dict:
     """The settings of ``cls`` that ``args`` holds (those given, with :func:`add_flags`)."""
     names = set(setting_names(cls))

@@ -1,4 +1,4 @@
-"""The recorded loss graph (pyro_vae.capture) is the Pyro program's loss: values, gradients,
+"""The recorded loss graph (pyro_vae.infer.capture) is the Pyro program's loss: values, gradients,
 random draws, training trajectories; and it steps aside where a graph cannot represent it."""
 
 import subprocess

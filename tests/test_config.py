@@ -145,6 +145,7 @@ def test_compare_and_pitfalls_embed_the_run_settings():
     assert "likelihood" not in _flags(parser) and "estimator" not in _flags(parser)
     cfg = pitfalls_from_args(parser.parse_args(["--latent-dim", "3"]))
     assert cfg.run.data.dataset == "elsewhere" and cfg.run.model.latent_dim == 3
+    assert parser.format_help().count("elsewhere") == 1  # its default, stated once
     assert cfg.run.train == dataclasses.replace(PitfallsConfig().run.train)
     assert cfg.run.train.epochs == 10 and cfg.iw_samples == 1000
 

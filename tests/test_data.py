@@ -1,4 +1,5 @@
-"""Tests for :mod:`pyro_vae.data` and :mod:`pyro_vae.shapes`: loading, validation, preprocessing.
+"""Tests for :mod:`pyro_vae.data` (with :mod:`pyro_vae.data.shapes`): loading, validation,
+preprocessing.
 
 Everything runs offline on tiny fixtures written into ``tmp_path``; the real MNIST test
 file is used when the shared data folder is present.

@@ -24,6 +24,7 @@ from pyro_vae.apps.diagnose import diagnose_split, format_diagnosis
 from pyro_vae.apps.evaluate import EvalConfig, evaluate_run
 from pyro_vae.config import (
     DataConfig,
+    HelpFormatter,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -37,18 +38,7 @@ from pyro_vae.models import LIKELIHOODS
 from pyro_vae.runs import CHECKPOINTS, load_run, load_split, run_config, run_training
 from pyro_vae.train import CheckpointError, NonFiniteLossError, TrainingInterrupted
 
-
-class _Format(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each default once: not for a ``None`` default, whose help says what it means, nor
-    for the configuration flags, whose help states theirs (:func:`~pyro_vae.config.add_flags`)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
-
-
-_FORMAT = _Format
+_FORMAT = HelpFormatter
 
 
 def _add_train(sub) -> None:

@@ -61,7 +61,7 @@ def load_data(
 
     ``source`` is looked up as a built-in name first (case-insensitive), then as a path:
 
-    * ``"shapes"``: :func:`pyro_vae.shapes.make_shapes`, ``num_shapes`` training and
+    * ``"shapes"``: :func:`pyro_vae.data.shapes.make_shapes`, ``num_shapes`` training and
       ``test_size`` test images from independent streams of ``seed`` (so the test set does
       not change with ``num_shapes``); labels are the six generating factors.
     * ``"mnist"``, ``"fashion-mnist"``, ``"kmnist"``, ``"cifar10"``: torchvision datasets

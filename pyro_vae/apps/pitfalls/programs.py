@@ -41,7 +41,7 @@ class SiteScaleMessenger(ScaleMessenger):
 
 
 class ObservationScaledVAE(VAE):
-    """A :class:`~pyro_vae.model.VAE` whose observation site ``x`` is scaled by ``obs_scale``.
+    """A :class:`~pyro_vae.models.VAE` whose observation site ``x`` is scaled by ``obs_scale``.
 
     The model's ``log p(x | z)`` enters every estimator as ``obs_scale * log p(x | z)``; the
     ``z`` sites keep their weight (``beta``). With ``obs_scale = 1/D`` this is the hand-written

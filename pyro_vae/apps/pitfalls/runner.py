@@ -344,7 +344,7 @@ def add_pitfalls_flags(p: argparse.ArgumentParser, default_dataset: str = "shape
     )
     defaults = from_flat(PitfallsConfig(), {"dataset": default_dataset})
     add_flags(p, PitfallsConfig, defaults=defaults, only=names)
-    p.set_defaults(dataset=default_dataset)
+    p.set_defaults(pitfalls_defaults=defaults)  # what the flags not given keep
     p.add_argument(
         "--out", default=None, help="output folder (default: runs/pitfalls-<time>-<dataset>)"
     )
@@ -352,7 +352,8 @@ def add_pitfalls_flags(p: argparse.ArgumentParser, default_dataset: str = "shape
 
 def config_from_args(args: argparse.Namespace) -> PitfallsConfig:
     """A :class:`PitfallsConfig` from parsed :func:`add_pitfalls_flags` flags."""
-    return from_flat(PitfallsConfig(), given(args, PitfallsConfig))
+    base = getattr(args, "pitfalls_defaults", PitfallsConfig())
+    return from_flat(base, given(args, PitfallsConfig))
 
 
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
