@@ -1,10 +1,11 @@
 """Every setting of a run, declared once: frozen dataclasses whose fields carry their type,
 default, help and choices.
 
-A setting is a dataclass field made with :func:`setting`; a configuration may nest others as
-sections (:class:`RunConfig` holds a model, a data and a training section, and the
-comparison's and the loss pitfalls' configurations hold a :class:`RunConfig`). From these
-declarations come:
+A setting is a dataclass field made with :func:`~pyro_vae.fields.setting`; a configuration
+may nest others as sections (:class:`RunConfig` holds a model section,
+:class:`~pyro_vae.models.ModelConfig`, declared beside the models, a data and a training
+section; the comparison's and the loss pitfalls' configurations hold a :class:`RunConfig`).
+From these declarations come:
 
 * the command-line flags (:func:`add_flags`: kebab-case, the type, the default shown once, the
   choices read from the registries when the parser is built, so a likelihood registered by user
@@ -22,82 +23,19 @@ import argparse
 import dataclasses
 import typing
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from pyro_vae.data import BINARIZE
+from pyro_vae.fields import at_least, section, setting
 from pyro_vae.infer import CAPTURE_MODES, ESTIMATORS, check_beta
-from pyro_vae.models import ACTIVATIONS, ARCHITECTURES, LIKELIHOODS
-from pyro_vae.models.likelihoods import SCALE_MODES
+from pyro_vae.models import LIKELIHOODS, ModelConfig
 from pyro_vae.registry import Registry
 
 LR_SCHEDULES: Registry[None] = Registry.of("lr schedule", ("constant", "cosine"))
 DEVICES: Registry[None] = Registry.of("device", ("auto", "cpu", "cuda"))
-
-
-def setting(
-    default: Any,
-    help: str,
-    *,
-    choices: Registry | None = None,
-    default_text: str | None = None,
-) -> Any:
-    """A configuration field: its default, what it means, and its valid names.
-
-    :param choices: the registry whose names are the valid values (the flag offers them).
-    :param default_text: how ``--help`` states the default (e.g. ``"shared"`` for a ``None``
-        that means "the likelihood decides"); by default the value itself.
-    """
-    return field(
-        default=default,
-        metadata={"help": help, "choices": choices, "default_text": default_text},
-    )
-
-
-def section(factory) -> Any:
-    """A nested configuration (its fields are flags of the same level as the others')."""
-    return field(default_factory=factory, metadata={"section": True})
-
-
-def at_least(name: str, value: float, low: float, strict: bool = False) -> None:
-    """Refuse ``value`` below ``low`` (or equal, when ``strict``), naming it ``name``."""
-    if value is None or (value <= low if strict else value < low):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
-
-
-def _ints(value) -> tuple[int, ...]:
-    """A tuple of ints from a tuple, a list (JSON, TOML) or one int (``hidden = 16``)."""
-    return (int(value),) if isinstance(value, int) else tuple(int(v) for v in value)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The VAE: likelihood, networks, latent size."""
-
-    likelihood: str = setting("bernoulli", "observation model p(x | z)", choices=LIKELIHOODS)
-    scale: str | None = setting(
-        None, "sigma of the normal likelihood", choices=SCALE_MODES, default_text="shared"
-    )
-    latent_dim: int = setting(20, "dimensions of z")
-    hidden: tuple[int, ...] = setting((400,), "hidden layer sizes (the decoder mirrors them)")
-    arch: str = setting("mlp", "encoder and decoder networks", choices=ARCHITECTURES)
-    activation: str = setting("relu", "activation between layers", choices=ACTIVATIONS)
-
-    def __post_init__(self):
-        LIKELIHOODS.check(self.likelihood)
-        if self.scale is not None:
-            SCALE_MODES.check(self.scale)
-        at_least("latent-dim", self.latent_dim, 1)
-        object.__setattr__(self, "hidden", _ints(self.hidden))
-        for h in self.hidden:
-            at_least("every hidden size", h, 1)
-        ARCHITECTURES.check(self.arch)
-        ACTIVATIONS.check(self.activation)
-
-    def likelihood_options(self) -> dict:
-        return {"scale": self.scale}
 
 
 @dataclass(frozen=True)
@@ -345,7 +283,8 @@ def add_flags(
             kwargs["type"] = kind
         if f.metadata.get("choices") is not None:
             kwargs["choices"] = f.metadata["choices"].names()
-        parser.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
+        flag = f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
+        parser.add_argument(flag, dest=f.name, **kwargs)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

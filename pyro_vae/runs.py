@@ -1,23 +1,24 @@
 """Runs: the seam the applications use.
 
 A run is a :class:`~pyro_vae.config.RunConfig` made real: its data loaded and prepared
-(:func:`resolve_data`), its model built (:func:`build_model`), trained into a run directory
-(:func:`run_training`), and reopened later (:func:`load_run`, :func:`evaluation_data`).
+(:func:`resolve_data`), its model built by name or by path
+(:func:`~pyro_vae.models.build_model`, with the data's labels described for a conditional
+model), trained into a run directory (:func:`run_training`), and reopened later
+(:func:`load_run`, :func:`evaluation_data`).
 ``pyro-vae train``, ``evaluate``, ``sample``, ``compare`` and ``diagnose`` all go through here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 
 import pyro
 import torch
 
-from pyro_vae.config import DataConfig, ModelConfig, RunConfig
+from pyro_vae.config import DataConfig, RunConfig
 from pyro_vae.data import DataSplit, Preprocess, load_data
-from pyro_vae.models import VAE, build_vae
+from pyro_vae.models import LabelInfo, build_model, inputs_of
 from pyro_vae.registry import Registry
 from pyro_vae.train import TrainResult, fit, load_checkpoint, rundir
 
@@ -53,18 +54,22 @@ def resolve_data(cfg: RunConfig) -> tuple[DataSplit, Preprocess, RunConfig]:
     return pre.prepare(split), pre, dataclasses.replace(cfg, data=resolved)
 
 
-def build_model(model: ModelConfig, event_shape: Sequence[int], beta: float = 1.0) -> VAE:
-    """The VAE of ``model`` for datapoints of ``event_shape``."""
-    return build_vae(
-        event_shape,
-        model.likelihood,
-        model.latent_dim,
-        model.hidden,
-        model.arch,
-        model.activation,
-        beta=beta,
-        **model.likelihood_options(),
-    )
+def model_inputs(model, split: DataSplit) -> tuple[tuple, tuple]:
+    """The extra inputs a model takes (``model.inputs``) from a split: ``(train, test)``.
+
+    :raises ValueError: an input the data do not provide.
+    """
+    train, test = [], []
+    for name in inputs_of(model):
+        if name != "labels" or split.train_labels is None:
+            raise ValueError(
+                f"the model takes the input {name!r}, which {split.name} does not provide "
+                f"(a dataset provides its labels, when it has them)"
+            )
+        train.append(split.train_labels)
+        none = split.train_labels[:0]
+        test.append(split.test_labels if split.test_labels is not None else none)
+    return tuple(train), tuple(test)
 
 
 def run_training(
@@ -72,11 +77,15 @@ def run_training(
 ) -> TrainResult:
     """Load data, build the model and :func:`~pyro_vae.train.fit` it: ``pyro-vae train``.
 
+    The model's extra inputs (a conditional model's labels) come from the data.
+
     :param out: the run directory (default ``runs/<time>-<dataset>-<likelihood>-<estimator>``).
     """
     pyro.set_rng_seed(cfg.train.seed)
     split, pre, cfg = resolve_data(cfg)
-    vae = build_model(cfg.model, split.event_shape, beta=cfg.train.beta)
+    labels = LabelInfo.of(split.train_labels, split.test_labels)
+    model = build_model(cfg.model, split.event_shape, labels=labels, beta=cfg.train.beta)
+    train_inputs, test_inputs = model_inputs(model, split)
     if out is None:
         out = rundir.default_run_dir(cfg.data.dataset, cfg.model.likelihood, cfg.train.estimator)
     full = {
@@ -84,18 +93,13 @@ def run_training(
         "event_shape": list(split.event_shape),
         "num_train": len(split.train),
         "num_test": len(split.test),
+        "labels": None if labels is None else labels.to_dict(),
         "environment": rundir.environment(),
     }
     return fit(
-        vae,
-        split.train,
-        split.test,
-        cfg.train,
-        preprocess=pre,
-        out=out,
-        run_config=full,
-        resume=resume,
-    )
+        model, split.train, split.test, cfg.train, preprocess=pre, out=out, run_config=full,
+        resume=resume, train_inputs=train_inputs, test_inputs=test_inputs,
+    )  # fmt: skip
 
 
 def run_config(run_dir: str | Path) -> RunConfig:
@@ -103,19 +107,21 @@ def run_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.from_dict(rundir.read_config(run_dir))
 
 
-def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> tuple[VAE, dict]:
-    """Rebuild the model of a run directory from ``config.json`` and ``<which>.pt``.
+def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):
+    """Rebuild the model of a run directory from ``config.json`` and ``<which>.pt``: any model,
+    by name or by path, with the modules the run imported.
 
-    :returns: ``(vae, config)``: the model on ``device``, and ``config.json`` as a dict.
+    :returns: ``(model, config)``: the model on ``device``, and ``config.json`` as a dict.
     :raises CheckpointError: the checkpoint is unreadable or unsafe, or was written for
         another configuration than ``config.json`` (the mismatches are listed).
     """
     CHECKPOINTS.check(which)
     run_dir = Path(run_dir)
     config = rundir.read_config(run_dir)
-    vae = build_model(RunConfig.from_dict(config).model, config["event_shape"])
-    load_checkpoint(run_dir / f"{which}.pt", vae, expected_config=config, device=device)
-    return vae.to(device), config
+    labels = LabelInfo.from_dict(config.get("labels"))
+    model = build_model(RunConfig.from_dict(config).model, config["event_shape"], labels=labels)
+    load_checkpoint(run_dir / f"{which}.pt", model, expected_config=config, device=device)
+    return model.to(device), config
 
 
 def evaluation_data(run_dir: str | Path, split: str = "test", seed: int = 0):
@@ -127,7 +133,8 @@ def evaluation_data(run_dir: str | Path, split: str = "test", seed: int = 0):
     seeded with ``seed``: the evaluated data depend neither on the batch size nor on the
     device.
 
-    :returns: ``(x, labels, label_names, run_config)``: ``x`` float32 ``(N, *event_shape)``.
+    :returns: ``(x, labels, label_names, run_config)``: ``x`` float32 ``(N, *event_shape)``;
+        ``labels`` are also a conditional model's input.
     """
     SPLITS.check(split)
     data, pre, cfg = resolve_data(run_config(run_dir))
@@ -139,3 +146,11 @@ def evaluation_data(run_dir: str | Path, split: str = "test", seed: int = 0):
         torch.manual_seed(seed)
         x = pre(raw.cpu())  # (N, *event_shape)
     return x, labels, data.label_names, cfg
+
+
+def inputs_for(model, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """The extra inputs of ``model`` for data with these labels (``()`` for most models)."""
+    names = inputs_of(model)
+    if names and labels is None:
+        raise ValueError(f"the model takes {', '.join(names)}, and these data have no labels")
+    return tuple(labels for _ in names)

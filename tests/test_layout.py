@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
 #: only itself
 LAYERS = [
     {"registry", "validation"},
+    {"fields"},
     {"models", "infer", "data"},
     {"config"},
     {"eval"},

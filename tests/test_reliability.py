@@ -383,14 +383,14 @@ def test_non_finite_loss_names_the_step_and_the_term(tmp_path, network, factor, 
 def test_cli_non_finite_loss_exits_non_zero_with_the_message_on_stderr(
     tmp_path, monkeypatch, capsys, flat_data
 ):
-    import pyro_vae.runs as runs_module
+    import pyro_vae.models.vae as vae_module
 
     def faulty(*args, **kwargs):
         vae = build_vae(*args, **kwargs)
         vae.decoder.register_forward_hook(_Calls(3, float("nan")))
         return vae
 
-    monkeypatch.setattr(runs_module, "build_vae", faulty)
+    monkeypatch.setattr(vae_module, "build_vae", faulty)
     rc, err = _main(_flat_args(flat_data, "--epochs", 2, "--out", tmp_path / "run"), capsys)
     assert rc == 1
     assert "refused a distribution parameter at step 3 (epoch 1): the reconstruction term" in err

@@ -34,8 +34,23 @@ from pyro_vae.config import (
 )
 from pyro_vae.eval.plots import save_grid
 from pyro_vae.eval.report import text_table
-from pyro_vae.models import LIKELIHOODS
-from pyro_vae.runs import CHECKPOINTS, load_run, load_split, run_config, run_training
+from pyro_vae.models import (
+    LIKELIHOODS,
+    evaluation_mode,
+    import_modules,
+    inputs_of,
+    resolve_factory,
+    sample,
+)
+from pyro_vae.runs import (
+    CHECKPOINTS,
+    evaluation_data,
+    inputs_for,
+    load_run,
+    load_split,
+    run_config,
+    run_training,
+)
 from pyro_vae.train import CheckpointError, NonFiniteLossError, TrainingInterrupted
 
 _FORMAT = HelpFormatter
@@ -166,12 +181,12 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         base = run_config(args.resume) if args.resume else RunConfig()
         values = _read_toml(args.config) if args.config else {}
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ImportError, ValueError, KeyError) as e:
         return _fail("train", f"cannot read the settings: {e}")
     values.update(given(args, RunConfig))
     try:
         cfg = from_flat(base, values)
-    except (ValueError, TypeError) as e:  # TypeError: e.g. `hidden = "a"` in a TOML file
+    except (ValueError, TypeError, ImportError) as e:  # TypeError: `hidden = "a"` in TOML
         parser.error(str(e))
     try:
         result = run_training(cfg, out=args.resume or args.out, resume=bool(args.resume))
@@ -181,7 +196,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C, while the checkpoint was being written
         print("interrupted; the last complete checkpoint is kept", file=sys.stderr)
         return 130
-    except (NonFiniteLossError, CheckpointError, OSError, ValueError) as e:
+    except (NonFiniteLossError, CheckpointError, OSError, ImportError, ValueError) as e:
         return _fail("train", str(e))
     print(f"run directory: {result.run_dir}")
     print(
@@ -195,7 +210,7 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         cfg = from_flat(EvalConfig(), given(args, EvalConfig))
         summary = evaluate_run(args.run_dir, cfg)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError, ImportError, CheckpointError) as e:
         return _fail("evaluate", str(e))
     print(text_table(summary))
     print(f"report: {Path(args.run_dir) / 'report.md'}")
@@ -203,12 +218,19 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``pyro-vae sample``: prior draws of any model; a conditional model's draws take the
+    labels of the first test datapoints."""
     try:
-        vae, _ = load_run(args.run_dir, args.which)
-    except (CheckpointError, OSError, ValueError) as e:
+        model, _ = load_run(args.run_dir, args.which)
+        inputs = ()
+        if inputs_of(model):
+            _, labels, _, _ = evaluation_data(args.run_dir)
+            inputs = tuple(t[torch.arange(args.num) % len(t)] for t in inputs_for(model, labels))
+    except (CheckpointError, OSError, ImportError, ValueError) as e:
         return _fail("sample", str(e))
     torch.manual_seed(args.seed)
-    mean, _ = vae.sample(args.num)
+    with evaluation_mode(model):
+        mean, _ = sample(model, args.num, *inputs)
     out = Path(args.output or Path(args.run_dir) / f"samples-{args.seed}.png")
     if not save_grid(mean, out):
         return _fail("sample", f"data of shape {tuple(mean.shape[1:])} cannot be drawn as images")
@@ -223,7 +245,7 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _fail("compare", str(e), status=2)
     try:
         return report_comparison(cfg, args.out)
-    except (OSError, ValueError) as e:
+    except (OSError, ImportError, ValueError) as e:
         return _fail("compare", str(e))
 
 
@@ -252,9 +274,31 @@ _COMMANDS = {
 }
 
 
+def _import_user_code(argv: list[str]) -> None:
+    """Import what ``--import`` names, and the module of a ``--model`` given by path, before
+    the flags are made: the likelihoods and models they register are then valid choices. The
+    current folder is searched first, as ``python -m`` does."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--import", dest="imports", nargs="+", default=[], action="extend")
+    early.add_argument("--model", default=None)
+    known, _ = early.parse_known_args(argv)
+    if not known.imports and not (known.model and ":" in known.model):
+        return
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    import_modules(known.imports)
+    if known.model and ":" in known.model:
+        resolve_factory(known.model)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        _import_user_code(argv)
+    except (ImportError, ValueError) as e:
+        return _fail(argv[0] if argv else "", str(e))
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]
     return _COMMANDS[args.command](args, subparser)
 

@@ -55,7 +55,9 @@ from pyro_vae.config import (
 )
 from pyro_vae.eval import gradient_snr, importance_log_px
 from pyro_vae.eval.gradients import plot_snr, snr_noise_floor, snr_table
-from pyro_vae.runs import evaluation_data, run_training
+from pyro_vae.models import LabelInfo, build_model
+from pyro_vae.runs import evaluation_data, inputs_for, model_inputs, resolve_data, run_training
+from pyro_vae.train.checks import check_estimator
 from pyro_vae.train.rundir import atomic_write_text, default_run_dir, prepare
 
 #: the estimators with one particle, then the importance-weighted ones at every K
@@ -152,13 +154,17 @@ class Comparison:
     table: list[dict]
     snr: list  # GradientStats at fixed parameters
     markdown: str
+    #: the run the log p(x) differences and the SNR-vs-K picture refer to
+    reference: str = SNR_REFERENCE
+    #: ``{estimator: why}`` for those that do not apply to the model
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 #: aggregated columns: name in the table, RunSummary attribute, decimals
 _COLUMNS = (
     ("test ELBO", "test_elbo", 2),
     ("log p(x)", "log_px", 2),
-    (f"log p(x) - {SNR_REFERENCE}", "log_px_gain", 2),
+    ("log p(x) - {reference}", "log_px_gain", 2),
     ("s / epoch", "seconds_per_epoch", 2),
     ("encoder SNR", "encoder_snr", 3),
     ("decoder SNR", "decoder_snr", 3),
@@ -183,9 +189,10 @@ def aggregate(runs: Sequence[RunSummary]) -> list[dict]:
     return table
 
 
-def _markdown_table(table: Sequence[dict], iw_samples: int) -> str:
+def _markdown_table(table: Sequence[dict], iw_samples: int, reference: str = SNR_REFERENCE) -> str:
     head = ["estimator", "K"] + [
-        f"log p(x), IS K={iw_samples}" if attr == "log_px" else name for name, attr, _ in _COLUMNS
+        f"log p(x), IS K={iw_samples}" if attr == "log_px" else name.format(reference=reference)
+        for name, attr, _ in _COLUMNS
     ]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(_COLUMNS)]
     for row in table:
@@ -238,6 +245,26 @@ def plot_learning_curves(runs: Sequence[RunSummary]):
     return fig
 
 
+def refusals(cfg: CompareConfig) -> dict[str, str]:
+    """``{estimator: why}`` for the compared estimators that do not apply to the model (a flow
+    guide for stl and dreg, sites out of order for meanfield): one model built on the first
+    seed's data, one traced batch each."""
+    run = cfg.run_config("elbo", 1, cfg.seeds[0])
+    split, pre, run = resolve_data(run)
+    labels = LabelInfo.of(split.train_labels, split.test_labels)
+    model = build_model(run.model, split.event_shape, labels=labels)
+    train_inputs, _ = model_inputs(model, split)
+    with torch.random.fork_rng(devices=[]):
+        x = pre(split.train[:2])
+    out = {}
+    for est in dict.fromkeys(e for e, _ in cfg.runs()):
+        try:
+            check_estimator(est, model, x, tuple(t[:2] for t in train_inputs))
+        except ValueError as e:
+            out[est] = str(e)
+    return out
+
+
 def run_comparison(config: CompareConfig, out: str | Path | None = None) -> Comparison:
     """Train, evaluate and report every (estimator, K, seed) of ``config`` into ``out``.
 
@@ -250,16 +277,25 @@ def run_comparison(config: CompareConfig, out: str | Path | None = None) -> Comp
     if out is None:
         out = default_run_dir(cfg.run.data.dataset, cfg.run.model.likelihood, "compare")
     out = prepare(out)
-    plan = [(est, K, seed) for seed in cfg.seeds for est, K in cfg.runs()]
-    data: dict[int, torch.Tensor] = {}  # seed -> the test split as the model sees it
+    refused = refusals(cfg)
+    if not cfg.quiet:
+        for why in refused.values():
+            print(f"not compared: {why}", flush=True)
+    plan = [(est, K, seed) for seed in cfg.seeds for est, K in cfg.runs() if est not in refused]
+    reference_estimator = next(e for e in (SNR_REFERENCE, "elbo") if e not in refused)
+    data: dict[int, tuple] = {}  # seed -> the test split as the model sees it, and its inputs
     runs: list[RunSummary] = []
     reference = None
     for i, (est, K, seed) in enumerate(plan):
         label = est if est in SINGLE_PARTICLE else f"{est}-K{K}"
-        run, vae = _train_and_measure(cfg, est, K, seed, out / "runs" / f"{label}-seed{seed}", data)
+        run_dir = out / "runs" / f"{label}-seed{seed}"
+        run, vae = _train_and_measure(cfg, est, K, seed, run_dir, data)
         runs.append(run)
-        if reference is None and est == SNR_REFERENCE:
-            reference = (vae, data[seed][: cfg.snr_batch].to(next(vae.parameters()).device), seed)
+        if reference is None and est == reference_estimator:
+            device = next(vae.parameters()).device
+            x, inputs = (data[seed][0][: cfg.snr_batch], data[seed][1])
+            ins = tuple(t[: cfg.snr_batch].to(device) for t in inputs)
+            reference = (vae, x.to(device), ins, seed)
         if not cfg.quiet:
             print(
                 f"[{i + 1}/{len(plan)}] {label} seed {seed}: test ELBO {run.test_elbo:.2f}, "
@@ -268,21 +304,23 @@ def run_comparison(config: CompareConfig, out: str | Path | None = None) -> Comp
                 flush=True,
             )
 
-    vae, x_snr, seed = reference
+    vae, x_snr, inputs_snr, seed = reference
     snr_ks = sorted({1, *cfg.ks})
+    compared = [e for e in SINGLE_PARTICLE + MULTI_PARTICLE if e not in refused]
     snr_rows = gradient_snr(
-        vae, x_snr, list(SINGLE_PARTICLE + MULTI_PARTICLE), snr_ks, R=cfg.snr_draws, seed=seed
+        vae, x_snr, compared, snr_ks, R=cfg.snr_draws, seed=seed, inputs=inputs_snr
     )
-    base = {r.seed: r.log_px for r in runs if r.estimator == SNR_REFERENCE}
+    base = {r.seed: r.log_px for r in runs if r.estimator == reference_estimator}
     for r in runs:
         r.log_px_gain = r.log_px - base[r.seed]
     table = aggregate(runs)
-    _write_tables_and_pictures(out, cfg, runs, table, snr_rows, seed)
+    _write_tables_and_pictures(out, cfg, runs, table, snr_rows, seed, reference_estimator)
     markdown = _comparison_markdown(
-        cfg, table, snr_rows, seed, len(data[cfg.seeds[0]]), time.perf_counter() - started
-    )
+        cfg, table, snr_rows, seed, len(data[cfg.seeds[0]][0]), time.perf_counter() - started,
+        reference_estimator, refused,
+    )  # fmt: skip
     atomic_write_text(out / "comparison.md", markdown)
-    return Comparison(cfg, out, runs, table, snr_rows, markdown)
+    return Comparison(cfg, out, runs, table, snr_rows, markdown, reference_estimator, refused)
 
 
 def _train_and_measure(
@@ -293,11 +331,18 @@ def _train_and_measure(
     result = run_training(cfg.run_config(est, K, seed), out=run_dir)
     vae = result.vae
     if seed not in data:
-        x, _, _, _ = evaluation_data(result.run_dir)
-        data[seed] = x[: cfg.num_test] if cfg.num_test else x
-    x = data[seed].to(next(vae.parameters()).device)
-    iw = importance_log_px(vae, x, cfg.iw_samples, seed=0, quiet=cfg.quiet)
-    stats = gradient_snr(vae, x[: cfg.snr_batch], est, [K], R=cfg.snr_draws, seed=seed)
+        x, labels, _, _ = evaluation_data(result.run_dir)
+        inputs = inputs_for(vae, labels)
+        if cfg.num_test:
+            x, inputs = x[: cfg.num_test], tuple(t[: cfg.num_test] for t in inputs)
+        data[seed] = (x, inputs)
+    device = next(vae.parameters()).device
+    x, inputs = data[seed][0].to(device), tuple(t.to(device) for t in data[seed][1])
+    iw = importance_log_px(vae, x, cfg.iw_samples, seed=0, quiet=cfg.quiet, inputs=inputs)
+    n = cfg.snr_batch
+    stats = gradient_snr(
+        vae, x[:n], est, [K], R=cfg.snr_draws, seed=seed, inputs=tuple(t[:n] for t in inputs)
+    )
     snr = {s.group: s.snr for s in stats}
     run = RunSummary(
         estimator=est,
@@ -317,7 +362,7 @@ def _train_and_measure(
 
 
 def _write_tables_and_pictures(
-    out: Path, cfg: CompareConfig, runs, table, snr_rows, seed: int
+    out: Path, cfg: CompareConfig, runs, table, snr_rows, seed: int, reference: str
 ) -> None:
     """``comparison.csv``, ``runs.csv``, ``snr.csv``, ``learning_curves.png``, ``snr.png``."""
     atomic_write_text(out / "comparison.csv", _csv(table))
@@ -329,13 +374,20 @@ def _write_tables_and_pictures(
     plot_learning_curves(runs).savefig(out / "learning_curves.png")
     plot_snr(
         snr_rows,
-        title=f"gradient SNR at the final {SNR_REFERENCE} parameters (seed {seed}), "
+        title=f"gradient SNR at the final {reference} parameters (seed {seed}), "
         f"R = {cfg.snr_draws}",
     ).savefig(out / "snr.png")
 
 
 def _comparison_markdown(
-    cfg: CompareConfig, table, snr_rows, seed: int, n_test: int, elapsed: float
+    cfg: CompareConfig,
+    table,
+    snr_rows,
+    seed: int,
+    n_test: int,
+    elapsed: float,
+    reference: str = SNR_REFERENCE,
+    refused: dict[str, str] | None = None,
 ) -> str:
     """``comparison.md``: the settings, what each column means, and both tables."""
     shown = {k: v for k, v in flat_dict(cfg).items() if k not in (*PER_RUN, "quiet")}
@@ -347,20 +399,21 @@ Settings: {settings}. Torch threads: {torch.get_num_threads()}. Wall time: {elap
 Mean +- sd over {len(cfg.seeds)} seeds ({", ".join(map(str, cfg.seeds))}); nats per datapoint, \
 higher is better.
 
-- test ELBO: the analytic-KL ELBO (beta = 1) on the whole test split after the last epoch.
+- test ELBO: the held-out ELBO (beta = 1; the analytic KL where it applies to the model, else \
+a Monte Carlo KL) on the whole test split after the last epoch.
 - log p(x): importance sampling with K = {cfg.iw_samples} on {n_test} test datapoints; \
-`log p(x) - {SNR_REFERENCE}`: its difference to the same seed's `{SNR_REFERENCE}` run (same \
+`log p(x) - {reference}`: its difference to the same seed's `{reference}` run (same \
 datapoints and particles), which removes the spread of the per-seed test splits.
 - s / epoch: training plus the held-out ELBO.
 - SNR: mean over parameters of |E g| / sd(g) for the run's own estimator and K at its final \
 parameters, R = {cfg.snr_draws} draws on {min(cfg.snr_batch, n_test)} test datapoints (a \
 parameter with no signal still shows ~{snr_noise_floor(cfg.snr_draws):.3f}).
 
-{_markdown_table(table, cfg.iw_samples)}
-
+{_markdown_table(table, cfg.iw_samples, reference)}
+{"".join(f"{chr(10)}Not compared: {why}.{chr(10)}" for why in (refused or {}).values())}
 ## Gradient SNR against K at fixed parameters
 
-The final `{SNR_REFERENCE}` model of seed {seed}; every estimator draws R = {cfg.snr_draws} \
+The final `{reference}` model of seed {seed}; every estimator draws R = {cfg.snr_draws} \
 gradients at each K from the same seed (K: importance samples for iwae and dreg, averaged \
 particles otherwise). SNR +- an upper bound on its standard error; variance: mean over \
 parameters of Var(g).
@@ -393,7 +446,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
 def report_comparison(config: CompareConfig, out: str | Path | None = None) -> int:
     """:func:`run_comparison`, then print the table and where the report is."""
     result = run_comparison(config, out)
-    print(_markdown_table(result.table, config.iw_samples))
+    print(_markdown_table(result.table, config.iw_samples, result.reference))
     print(f"report: {result.out / 'comparison.md'}")
     return 0
 

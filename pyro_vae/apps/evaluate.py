@@ -30,10 +30,16 @@ from pyro_vae.eval.bounds import (
     importance_log_px,
     standard_error,
 )
-from pyro_vae.eval.latents import ACTIVE_THRESHOLD, ActiveUnits, active_units, posterior_means
+from pyro_vae.eval.latents import (
+    ACTIVE_THRESHOLD,
+    ActiveUnits,
+    active_units,
+    latent_layout,
+    posterior_means,
+)
 from pyro_vae.eval.plots import LatentSummary, write_pictures
-from pyro_vae.models import VAE
-from pyro_vae.runs import CHECKPOINTS, SPLITS, evaluation_data, load_run
+from pyro_vae.runs import CHECKPOINTS, SPLITS, evaluation_data, inputs_for, load_run
+from pyro_vae.train.checks import check_data
 from pyro_vae.train.rundir import atomic_write_text, read_metrics
 
 
@@ -83,39 +89,45 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, **settin
     cfg = dataclasses.replace(config or EvalConfig(), **settings)
     run_dir = Path(run_dir)
     dev = resolve_device(cfg.device)
-    vae, _ = load_run(run_dir, cfg.which, device=str(dev))
+    model, _ = load_run(run_dir, cfg.which, device=str(dev))
     x_cpu, labels, label_names, run = evaluation_data(run_dir, cfg.split, cfg.seed)
-    vae.likelihood.check_support(x_cpu)
+    inputs = tuple(t.to(dev) for t in inputs_for(model, labels))
     x = x_cpu.to(dev)
+    check_data(model, x, _as_is, "evaluation", inputs)
 
     start = time.perf_counter()
     budget = {"memory_budget_mb": cfg.memory_budget_mb, "batch_size": cfg.batch_size}
-    imp = importance_log_px(vae, x, cfg.iw_samples, seed=cfg.seed, quiet=cfg.quiet, **budget)
-    terms = elbo_terms(vae, x, cfg.elbo_particles, seed=cfg.seed, quiet=cfg.quiet, **budget)
-    means = posterior_means(vae, x, cfg.batch_size or 1000)
+    common = {"seed": cfg.seed, "quiet": cfg.quiet, "inputs": inputs, **budget}
+    imp = importance_log_px(model, x, cfg.iw_samples, **common)
+    terms = elbo_terms(model, x, cfg.elbo_particles, **common)
+    means = posterior_means(model, x, cfg.batch_size or 1000, inputs=inputs)
     units = active_units(means=means) if len(x) > 1 else None
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - start
 
+    layout = latent_layout(model, x, *inputs)
     summary = {
         "run_dir": str(run_dir),
         "which": cfg.which,
         "split": cfg.split,
         "num": len(x),
-        "num_dims": math.prod(vae.event_shape),
-        "latent_dim": vae.latent_dim,
-        "likelihood": vae.likelihood.name,
+        "num_dims": math.prod(model.event_shape),
+        "model": run.model.model,
+        "latent_sites": {name: list(event) for name, event in layout},
+        "latent_dim": sum(math.prod(event) for _, event in layout),
+        "likelihood": run.model.likelihood,
         "dataset": run.data.dataset,
         "seed": cfg.seed,
         "device": str(dev),
-        **_figures(vae, imp, terms, units, bool(run.data.dequantize), cfg),
+        **_figures(model, imp, terms, units, bool(run.data.dequantize), cfg, inputs),
         "seconds": seconds,
     }
-    latents = LatentSummary(means, terms.kl_per_dim.mean(0), labels, label_names)
+    latents = LatentSummary(means, terms.kl_per_dim.mean(0), layout, labels, label_names)
     pictures = write_pictures(
-        vae, x, run_dir / "evaluation", read_metrics(run_dir), seed=cfg.seed, latents=latents
-    )
+        model, x, run_dir / "evaluation", read_metrics(run_dir), seed=cfg.seed,
+        latents=latents, inputs=inputs,
+    )  # fmt: skip
     summary["pictures"] = {k: str(Path("evaluation") / v) for k, v in pictures.items()}
     summary = _finite(summary)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -124,17 +136,22 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, **settin
     return summary
 
 
+def _as_is(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def _figures(
-    vae: VAE,
+    model,
     imp: ImportanceResult,
     terms: ElboTerms,
     units: ActiveUnits | None,
     dequantized: bool,
     cfg: EvalConfig,
+    inputs: tuple,
 ) -> dict:
     """The numbers of ``summary.json`` (see the README's table of its keys)."""
-    num_dims = math.prod(vae.event_shape)
-    reason = bits_per_dim_reason(vae, dequantized)
+    num_dims = math.prod(model.event_shape)
+    reason = bits_per_dim_reason(model, dequantized, inputs)
     elbo = terms.elbo.mean().item()
     return {
         "units": "nats per datapoint, higher is better; kl is the term the ELBO subtracts",
@@ -150,6 +167,8 @@ def _figures(
         "elbo_se": standard_error(terms.elbo),
         "recon": terms.recon.mean().item(),
         "kl": terms.kl.mean().item(),
+        "kl_per_site": {name: kl.mean().item() for name, kl in terms.kl_per_site.items()},
+        "kl_kind": terms.kl_kind,
         "log_px_minus_elbo": imp.mean - elbo,
         "kl_per_dim": terms.kl_per_dim.mean(0).tolist(),
         "active_threshold": ACTIVE_THRESHOLD,

@@ -32,20 +32,20 @@ ICLR 2016 (dequantization and bits/dim).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
-from torch.distributions import Independent, kl_divergence
+from pyro.infer.elbo import ELBO
+from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
-from pyro_vae.data import Preprocess
 from pyro_vae.eval.noise import STREAM_ELBO, CounterNoise
-from pyro_vae.infer import ImportanceWeightedELBO, make_estimator
-from pyro_vae.models import VAE, evaluation_mode
+from pyro_vae.infer import ImportanceWeightedELBO, make_estimator, mean_field_refusal
+from pyro_vae.models import evaluation_mode, latent_sites, observed_sites, traces
+from pyro_vae.models.protocol import base_distribution, check_inputs, check_shape, data_plate_of
 
 #: Default memory budget for one chunk of particles x datapoints.
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
@@ -53,37 +53,53 @@ DEFAULT_MEMORY_BUDGET_MB = 1024.0
 SAFETY_FACTOR = 3
 
 
-def bytes_per_pair(vae: VAE) -> int:
+def _stand_in(model, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tuple]:
+    """One datapoint of zeros and the first row of each input: for reading a model's structure
+    (run with validation off; the values do not matter)."""
+    ref = next(model.parameters())
+    return ref.new_zeros(1, *model.event_shape), tuple(t[:1] for t in inputs)
+
+
+def bytes_per_pair(model, inputs: Sequence[torch.Tensor] = ()) -> int:
     """Estimated peak bytes of one (particle x datapoint) pair in the importance sampler.
 
-    ``itemsize x (every decoder activation for one z + 4 D for the likelihood's log density
-    temporaries + 6 L for z, log q and log p(z)) x SAFETY_FACTOR``; the activations come from
-    one trial forward of the decoder with hooks on its leaf modules, so a custom decoder is
-    measured, not guessed. Under ``no_grad`` this over-counts (layers are freed as they go):
-    a budget is an upper bound, not a target.
+    ``itemsize x (the module activations one more particle adds + 4 D for the likelihood's
+    log density temporaries + 6 L for the latents, log q and log p) x SAFETY_FACTOR``. The
+    activations are measured with hooks on every leaf module, as the difference between the
+    log weights of 3 and of 2 particles of one datapoint, so work done once per call (the
+    encoder's pass over the data, a VampPrior's over its pseudo-inputs) is not counted per
+    pair and a custom model is measured, not guessed. Under ``no_grad`` this over-counts
+    (layers are freed as they go): a budget is an upper bound, not a target.
+
+    :param inputs: the extra inputs of a conditional model (their first row is used).
     """
-    ref = next(vae.parameters())
-    latent = vae.latent_dim
-    numel = 0
+    ref = next(model.parameters())
+    x, ins = _stand_in(model, inputs)
+    numel = [0]
 
-    def hook(module, inputs, output):
-        nonlocal numel
+    def hook(module, args, output):
         if isinstance(output, torch.Tensor):
-            numel += output.numel()
+            numel[0] += output.numel()
 
-    leaves = [m for m in vae.decoder.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    was_training = vae.decoder.training
-    try:
-        vae.decoder.eval()
-        with torch.no_grad():
-            vae.decoder(ref.new_zeros(1, latent))
-    finally:
-        for h in handles:
-            h.remove()
-        vae.decoder.train(was_training)
-    dims = math.prod(vae.event_shape)
-    return int((numel + 4 * dims + 6 * latent) * ref.element_size() * SAFETY_FACTOR)
+    leaves = [m for m in model.modules() if not list(m.children())]
+    counts = []
+    with evaluation_mode(model), pyro.validation_enabled(False):
+        with torch.random.fork_rng(devices=[ref.device] if ref.is_cuda else []):
+            handles = [m.register_forward_hook(hook) for m in leaves]
+            try:
+                for k in (2, 3):
+                    numel[0] = 0
+                    est = ImportanceWeightedELBO(alpha=0.0, num_particles=k)
+                    log_w, _ = est.log_weights(model.model, model.guide, x, *ins)  # (k, 1)
+                    counts.append(numel[0])
+            finally:
+                for h in handles:
+                    h.remove()
+            guide_tr = poutine.trace(model.guide).get_trace(x, *ins)
+    latent = sum(math.prod(s["fn"].event_shape) for s in latent_sites(guide_tr))
+    per_particle = max(0, counts[1] - counts[0])
+    dims = math.prod(model.event_shape)
+    return int((per_particle + 4 * dims + 6 * latent) * ref.element_size() * SAFETY_FACTOR)
 
 
 def choose_chunks(
@@ -159,10 +175,11 @@ class ImportanceResult:
 
 
 def importance_log_px(
-    vae: VAE,
+    vae,
     x: torch.Tensor,
     num_samples: int = 5000,
     *,
+    inputs: Sequence[torch.Tensor] = (),
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     seed: int = 0,
     batch_size: int | None = None,
@@ -182,8 +199,10 @@ def importance_log_px(
     ``lse <- logaddexp(lse, logsumexp_k log w)`` and the same for ``2 log w``. Finally
     ``log_px = lse - log K`` and ``ESS = exp(2 lse - lse2)``.
 
+    :param vae: any model of :mod:`pyro_vae.models.protocol`.
     :param x: model input ``(N, *event_shape)``, already preprocessed.
     :param num_samples: K (Burda et al. use 5000).
+    :param inputs: the model's extra inputs (labels), each ``(N, ...)``.
     :param memory_budget_mb: upper bound for one chunk, through :func:`bytes_per_pair`.
     :param seed: the particles are a function of ``(seed, n, k, d)`` (:class:`CounterNoise`).
     :param batch_size: most datapoints per chunk (default: as many as the budget allows).
@@ -196,10 +215,11 @@ def importance_log_px(
     .. warning:: With beta != 1 the model is evaluated at beta = 1: log p(x) belongs to the
         generative model, not to the training objective.
     """
-    vae.check_shape(x, "evaluation")
+    check_shape(vae, x, "evaluation")
+    check_inputs(vae, inputs, len(x), "evaluation")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    pair_bytes = bytes_per_pair(vae)
+    pair_bytes = bytes_per_pair(vae, inputs)
     k_chunk, b_chunk = choose_chunks(num_samples, len(x), pair_bytes, memory_budget_mb, batch_size)
     k_chunk = min(particle_chunk or k_chunk, num_samples)
     b_chunk = min(data_chunk or b_chunk, len(x))
@@ -216,6 +236,7 @@ def importance_log_px(
     ):
         for n0, n1 in chunks(n, b_chunk):
             xb = x[n0:n1]  # (b, *event_shape)
+            ib = tuple(t[n0:n1] for t in inputs)
             for k0, k1 in chunks(num_samples, k_chunk):
                 est = ImportanceWeightedELBO(alpha=0.0, num_particles=k1 - k0)
                 noise = CounterNoise(
@@ -225,7 +246,7 @@ def importance_log_px(
                     num_particles=k1 - k0,
                     particle_dim=-est.max_plate_nesting if k1 - k0 > 1 else None,
                 )
-                log_w, _ = est.log_weights(vae.model, noise(vae.guide), xb)  # (k, b)
+                log_w, _ = est.log_weights(vae.model, noise(vae.guide), xb, *ib)  # (k, b)
                 log_w = log_w.to(torch.float64)
                 lse[n0:n1] = torch.logaddexp(lse[n0:n1], torch.logsumexp(log_w, 0))
                 lse2[n0:n1] = torch.logaddexp(lse2[n0:n1], torch.logsumexp(2 * log_w, 0))
@@ -250,18 +271,24 @@ class ElboTerms:
     """What :func:`elbo_terms` returns; every tensor is float64 on the CPU.
 
     :ivar recon: ``(N,)``: ``E_q[log p(x | z)]``, a Monte Carlo mean over the particles.
-    :ivar kl_per_dim: ``(N, L)``: analytic ``KL(q(z_d | x) || p(z_d))`` per latent dimension
-        (the latent sites' events flattened and concatenated in guide order).
+    :ivar kl_per_site: ``{site: (N,)}``: the KL term of each latent site, in guide order.
+    :ivar kl_kind: ``{site: "analytic" | "monte-carlo"}``: how each site's KL was estimated.
+    :ivar kl_per_dim: ``(N, L)``: the analytic ``KL(q(z_d | ...) || p(z_d | ...))`` per latent
+        dimension (the sites' events flattened and concatenated in guide order); ``nan`` for
+        the dimensions of a site whose KL is a Monte Carlo estimate (it does not split by
+        dimension).
     """
 
     recon: torch.Tensor  # (N,)
+    kl_per_site: dict[str, torch.Tensor]  # {site: (N,)}
+    kl_kind: dict[str, str]
     kl_per_dim: torch.Tensor  # (N, L)
     num_particles: int
 
     @property
     def kl(self) -> torch.Tensor:
-        """``(N,)`` KL(q(z | x) || p(z))."""
-        return self.kl_per_dim.sum(-1)
+        """``(N,)`` the KL term, summed over the latent sites."""
+        return sum(self.kl_per_site.values(), torch.zeros_like(self.recon))
 
     @property
     def elbo(self) -> torch.Tensor:
@@ -269,94 +296,104 @@ class ElboTerms:
         return self.recon - self.kl
 
 
-def _unwrap(fn):
-    """The per-dimension distribution of a site: ``Independent`` wrappers removed."""
-    while isinstance(fn, Independent):
-        fn = fn.base_dist
-    return fn
+def _analytic_kl(q, p) -> torch.Tensor | None:
+    """``KL(q || p)`` per dimension (``Independent`` unwrapped), or ``None`` if torch has no
+    closed form for the pair."""
+    try:
+        return kl_divergence(base_distribution(q), base_distribution(p))
+    except NotImplementedError:
+        return None
 
 
 def elbo_terms(
-    vae: VAE,
+    vae,
     x: torch.Tensor,
     num_particles: int = 100,
     *,
+    inputs: Sequence[torch.Tensor] = (),
     seed: int = 0,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     batch_size: int | None = None,
     quiet: bool = False,
 ) -> ElboTerms:
-    """The ELBO with the analytic KL, split into its terms, per datapoint.
+    """The ELBO split into its terms, per datapoint, for any model.
 
     One guide trace per chunk (particles from :class:`CounterNoise`, stream
     :data:`STREAM_ELBO`) and the model replayed against it, under a particle plate:
 
     * reconstruction: the model trace's observed sites' ``log_prob``, averaged over particles;
-    * KL: ``kl_divergence`` of the guide's and the model's distribution at each latent site,
-      per dimension (``Independent`` unwrapped), which is what
-      :class:`~pyro.infer.TraceMeanField_ELBO` sums.
+    * KL, per latent site: the analytic ``kl_divergence`` of the guide's and the model's
+      distributions, per dimension (``Independent`` unwrapped), averaged over the particles'
+      values of the sites before it, which is what :class:`~pyro.infer.TraceMeanField_ELBO`
+      sums, where a closed form exists and the guide samples the sites in the model's order
+      (:func:`~pyro_vae.infer.estimators.mean_field_refusal`); else the Monte Carlo
+      ``E_q[log q - log p]`` over the particles. :attr:`ElboTerms.kl_kind` says which.
 
     So ``elbo = recon - kl`` equals :func:`evaluate_elbo` in expectation, with
-    ``num_particles`` times less Monte Carlo variance in the reconstruction term.
+    ``num_particles`` times less Monte Carlo variance.
     """
-    vae.check_shape(x, "evaluation")
+    check_shape(vae, x, "evaluation")
+    check_inputs(vae, inputs, len(x), "evaluation")
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     n = len(x)
     k_chunk, b_chunk = choose_chunks(
-        num_particles, n, bytes_per_pair(vae), memory_budget_mb, batch_size
+        num_particles, n, bytes_per_pair(vae, inputs), memory_budget_mb, batch_size
     )
     recon = torch.zeros(n, dtype=torch.float64)
-    kl_parts: list[torch.Tensor] = []
+    kl_sum: dict[str, torch.Tensor] = {}  # {site: (N,) sum over particles}
+    per_dim: dict[str, list[torch.Tensor]] = {}  # {site: [(b, d) sum over particles]}
+    kind: dict[str, str] = {}
+    events: dict[str, int] = {}  # {site: flattened event size}
     total = math.ceil(n / b_chunk) * math.ceil(num_particles / k_chunk)
     with (
         evaluation_mode(vae),
         tqdm(total=total, desc="ELBO terms", disable=quiet, dynamic_ncols=True) as bar,
     ):
         for n0, n1 in chunks(n, b_chunk):
-            xb = x[n0:n1]  # (b, *event_shape)
-            kl_chunk = None
+            xb, ib = x[n0:n1], tuple(t[n0:n1] for t in inputs)
+            dims_chunk: dict[str, torch.Tensor] = {}
             for k0, k1 in chunks(num_particles, k_chunk):
                 noise = CounterNoise(
-                    seed,
-                    data_offset=n0,
-                    particle_offset=k0,
-                    num_particles=k1 - k0,
-                    particle_dim=-2,
-                    stream=STREAM_ELBO,
-                )
+                    seed, data_offset=n0, particle_offset=k0, num_particles=k1 - k0,
+                    particle_dim=-2, data_plate=data_plate_of(vae), stream=STREAM_ELBO,
+                )  # fmt: skip
                 with pyro.plate("elbo_particles", k1 - k0, dim=-2):
-                    guide_tr = poutine.trace(noise(vae.guide)).get_trace(xb)
+                    guide_tr = poutine.trace(noise(vae.guide)).get_trace(xb, *ib)
                     replayed = poutine.replay(vae.model, trace=guide_tr)
-                    model_tr = poutine.trace(replayed).get_trace(xb)
-                log_lik = 0.0
-                for site in model_tr.nodes.values():
-                    if site["type"] == "sample" and site["is_observed"]:
-                        log_lik = log_lik + site["fn"].log_prob(site["value"])  # (k, b)
-                recon[n0:n1] += torch.as_tensor(log_lik).to(torch.float64).sum(0).cpu()
-                if kl_chunk is None:  # the KL does not depend on the particles
-                    kl_chunk = _kl_per_dim(guide_tr, model_tr, n1 - n0)
+                    model_tr = poutine.trace(replayed).get_trace(xb, *ib)
+                if not kind:
+                    ordered = mean_field_refusal(guide_tr, model_tr) is None
+                for site in observed_sites(model_tr):
+                    log_lik = site["fn"].log_prob(site["value"]).reshape(-1, n1 - n0)  # (k, b)
+                    recon[n0:n1] += log_lik.to(torch.float64).sum(0).cpu()
+                for site in latent_sites(guide_tr):
+                    name, prior = site["name"], model_tr.nodes[site["name"]]
+                    kl = _analytic_kl(site["fn"], prior["fn"]) if ordered else None
+                    kind.setdefault(name, "monte-carlo" if kl is None else "analytic")
+                    events[name] = math.prod(site["fn"].event_shape)
+                    if kl is None:
+                        log_q = site["fn"].log_prob(site["value"])
+                        kl = log_q - prior["fn"].log_prob(prior["value"])
+                        kl = kl.reshape(-1, n1 - n0, 1)  # (k, b, 1)
+                    else:
+                        kl = kl.reshape(-1, n1 - n0, math.prod(site["fn"].event_shape))
+                    kl = kl.to(torch.float64).sum(0).cpu()  # (b, d) summed over particles
+                    dims_chunk[name] = dims_chunk.get(name, 0) + kl
                 bar.update()
-            kl_parts.append(kl_chunk)
+            for name, kl in dims_chunk.items():
+                per_dim.setdefault(name, []).append(kl / num_particles)
+    for name, parts in per_dim.items():
+        kl_sum[name] = torch.cat(parts).sum(-1)
+        if kind[name] == "monte-carlo":  # no split by dimension
+            per_dim[name] = [torch.full((n, events[name]), math.nan, dtype=torch.float64)]
     return ElboTerms(
         recon=recon / num_particles,
-        kl_per_dim=torch.cat(kl_parts),
+        kl_per_site=kl_sum,
+        kl_kind=kind,
+        kl_per_dim=torch.cat([torch.cat(parts) for parts in per_dim.values()], -1),
         num_particles=num_particles,
     )
-
-
-def _kl_per_dim(guide_tr, model_tr, batch: int) -> torch.Tensor:
-    """``(b, L)``: analytic KL per latent dimension from the two traces' distributions."""
-    parts = []
-    for name, site in guide_tr.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
-            continue
-        q, p = _unwrap(site["fn"]), _unwrap(model_tr.nodes[name]["fn"])
-        kl = kl_divergence(q, p)  # (k, b, *event) after the plates' expansion
-        event = tuple(site["fn"].event_shape)
-        kl = kl.reshape(-1, batch, math.prod(event))[0]  # identical over particles
-        parts.append(kl.to(torch.float64).cpu())
-    return torch.cat(parts, -1)
 
 
 def bits_per_dim(log_px: float, num_dims: int, levels: int = 256) -> float:
@@ -392,17 +429,21 @@ def bits_per_dim(log_px: float, num_dims: int, levels: int = 256) -> float:
     return -(log_px - num_dims * math.log(levels)) / (num_dims * math.log(2))
 
 
-def bits_per_dim_reason(vae: VAE, dequantized: bool) -> str | None:
-    """Why bits/dim of ``vae`` on data so prepared is not reported (``None``: it is)."""
-    with evaluation_mode(vae):
-        ref = next(vae.parameters())
-        params = vae.decoder(ref.new_zeros(1, vae.latent_dim))
-        support = vae.likelihood.distribution(params).support
-    if support.is_discrete:
-        return (
-            f"the {vae.likelihood.name or type(vae.likelihood).__name__} likelihood is discrete: "
-            f"log p(x) is already a log-probability of the (binarized) data, not of 8-bit levels"
-        )
+def bits_per_dim_reason(vae, dequantized: bool, inputs: Sequence[torch.Tensor] = ()) -> str | None:
+    """Why bits/dim of ``vae`` on data so prepared is not reported (``None``: it is): a
+    discrete observation distribution already gives log-probabilities, and data that were not
+    dequantized 8-bit levels have no bin width."""
+    x, ins = _stand_in(vae, inputs)
+    with evaluation_mode(vae), pyro.validation_enabled(False):
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            trace = poutine.trace(vae.model).get_trace(x, *ins)
+    for site in observed_sites(trace):
+        if site["fn"].support.is_discrete:
+            what = type(base_distribution(site["fn"])).__name__
+            return (
+                f"the observation {site['name']!r} ({what}) is discrete: log p(x) is already a "
+                f"log-probability of the (binarized) data, not of 8-bit levels"
+            )
     if not dequantized:
         return "the data were not dequantized 8-bit levels, so there is no bin width to account for"
     return None
@@ -414,20 +455,64 @@ def standard_error(values: torch.Tensor) -> float:
     return (values.std() / math.sqrt(n)).item() if n > 1 else math.nan
 
 
-def evaluate_elbo(
-    vae: VAE, data: torch.Tensor, preprocess: Preprocess, batch_size: int = 1000
-) -> float:
-    """ELBO per datapoint in nats (higher is better) of ``data`` under the VAE.
+#: particles of the held-out ELBO where the analytic KL does not apply
+MC_KL_PARTICLES = 10
 
-    Uses the analytic-KL estimator with beta = 1 whatever the training objective, so numbers
-    are comparable across estimators and warm-up schedules. One sync at the end.
+
+def heldout_estimator(vae, x: torch.Tensor, *inputs: torch.Tensor) -> tuple[ELBO, str]:
+    """The estimator of a model's held-out ELBO, and how it estimates the KL: one traced pass
+    of ``x`` (see :func:`heldout_choice`)."""
+    with evaluation_mode(vae), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        return heldout_choice(traces(vae, x, *inputs))
+
+
+def heldout_choice(traced) -> tuple[ELBO, str]:
+    """The estimator of the held-out ELBO for the model these ``(guide_trace, model_trace)``
+    come from.
+
+    ``meanfield`` (Pyro's ``TraceMeanField_ELBO``: the analytic KL at each latent site that
+    has one, a Monte Carlo KL at the others) where the guide samples the latent sites in the
+    model's order; else ``elbo`` (Monte Carlo KL at every site) with
+    :data:`MC_KL_PARTICLES` particles, since the analytic KL would be biased
+    (:func:`~pyro_vae.infer.estimators.mean_field_refusal`). ``traced=None`` (no traces:
+    the model's parameters are already invalid) gives ``meanfield``.
+    """
+    if traced is None or mean_field_refusal(*traced) is None:
+        return make_estimator("meanfield"), "meanfield: the analytic KL where one exists"
+    return (
+        make_estimator("elbo", MC_KL_PARTICLES),
+        f"elbo: a Monte Carlo KL with {MC_KL_PARTICLES} particles (the guide samples the "
+        f"latent sites in another order than the model)",
+    )
+
+
+def evaluate_elbo(
+    vae,
+    data: torch.Tensor,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 1000,
+    *,
+    inputs: Sequence[torch.Tensor] = (),
+    estimator: ELBO | None = None,
+) -> float:
+    """ELBO per datapoint in nats (higher is better) of ``data`` under the model.
+
+    With beta = 1 whatever the training objective, and the estimator of
+    :func:`heldout_estimator` (unless one is given), so numbers are comparable across
+    estimators and warm-up schedules. One sync at the end.
+
+    :param inputs: the model's extra inputs (labels), each ``(N, ...)``.
     """
     if len(data) == 0:
         return math.nan
-    est = make_estimator("meanfield")
+    if estimator is None:
+        with torch.random.fork_rng(devices=[data.device] if data.is_cuda else []):
+            probe = preprocess(data[:2]), *(t[:2] for t in inputs)
+        estimator, _ = heldout_estimator(vae, *probe)
     total = torch.zeros((), device=data.device)
     with evaluation_mode(vae):  # eval(), beta = 1, no_grad, validation on; restored after
         for i in range(0, len(data), batch_size):
             x = preprocess(data[i : i + batch_size])  # (b, *event_shape)
-            total += est.differentiable_loss(vae.model, vae.guide, x)
+            batch = tuple(t[i : i + batch_size] for t in inputs)
+            total += estimator.differentiable_loss(vae.model, vae.guide, x, *batch)
     return -(total / len(data)).item()

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from pyro_vae.infer import make_estimator
-from pyro_vae.models import VAE
+from pyro_vae.models import parameter_groups
 
 ParamGroup = nn.Module | Iterable[nn.Parameter]
 
@@ -124,13 +124,12 @@ def snr_noise_floor(draws: int) -> float:
     return math.sqrt(2.0 / (math.pi * draws))
 
 
-def default_groups(vae: VAE) -> dict[str, list[nn.Parameter]]:
-    """``encoder``: the guide's network; ``decoder``: every model parameter (the decoder
-    network and the likelihood's own parameters, such as a learned sigma)."""
-    return {
-        "encoder": list(vae.encoder.parameters()),
-        "decoder": list(vae.decoder.parameters()) + list(vae.likelihood.parameters()),
-    }
+def default_groups(vae, x: torch.Tensor, *inputs: torch.Tensor) -> dict[str, list]:
+    """``encoder``: every parameter the guide's distributions depend on; ``decoder``: every
+    parameter the model's depend on (decoder networks, a likelihood's own sigma, a prior's
+    parameters), read from the traces of ``x``
+    (:func:`~pyro_vae.models.protocol.parameter_groups`)."""
+    return parameter_groups(vae, x, *inputs)
 
 
 def _as_params(group: ParamGroup) -> list[nn.Parameter]:
@@ -141,18 +140,19 @@ def _as_params(group: ParamGroup) -> list[nn.Parameter]:
 
 
 def gradient_snr(
-    vae: VAE,
+    vae,
     x: torch.Tensor,
     estimators: str | Sequence[str],
     K_list: Sequence[int],
     R: int = 100,
     groups: Mapping[str, ParamGroup] | None = None,
     seed: int = 0,
+    inputs: Sequence[torch.Tensor] = (),
 ) -> list[GradientStats]:
-    """Gradient SNR and variance at the VAE's current parameters.
+    """Gradient SNR and variance at the model's current parameters.
 
     :param x: the batch, as the model sees it ``(batch, *event_shape)``; every draw
-        differentiates ``differentiable_loss(model, guide, x) / len(x)``.
+        differentiates ``differentiable_loss(model, guide, x, *inputs) / len(x)``.
     :param estimators: registered estimator names (``"iwae"`` or ``["iwae", "dreg"]``).
     :param K_list: particles per draw: K of the importance-weighted bounds, the number of
         averaged particles for the ELBO estimators.
@@ -160,15 +160,19 @@ def gradient_snr(
     :param groups: ``{name: module or parameters}``; default :func:`default_groups`.
     :param seed: each (estimator, K) draws from this seed, in a forked RNG (the global RNG
         is left as it was).
+    :param inputs: the model's extra inputs (labels) for the batch.
     :returns: one :class:`GradientStats` per estimator, K and group, in that order.
 
-    The VAE's mode, beta and parameters are left alone (no optimizer is involved).
+    The model's mode, beta and parameters are left alone (no optimizer is involved).
     """
     if isinstance(estimators, str):
         estimators = [estimators]
     if R < 2:
         raise ValueError(f"R must be >= 2 gradient draws, got {R}")
-    named = default_groups(vae) if groups is None else {k: _as_params(g) for k, g in groups.items()}
+    if groups is None:
+        named = default_groups(vae, x, *inputs)
+    else:
+        named = {k: _as_params(g) for k, g in groups.items()}
     flat = [p for params in named.values() for p in params]
     sizes = [sum(p.numel() for p in params) for params in named.values()]
     devices = [x.device] if x.is_cuda else []
@@ -180,7 +184,8 @@ def gradient_snr(
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
                 for _ in range(R):
-                    loss = est.differentiable_loss(vae.model, vae.guide, x) / x.shape[0]
+                    loss = est.differentiable_loss(vae.model, vae.guide, x, *inputs)
+                    loss = loss / x.shape[0]
                     grads = torch.autograd.grad(loss, flat, allow_unused=True)
                     g = torch.cat(
                         [

@@ -20,7 +20,7 @@ import zlib
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import Independent
+from torch.distributions import Independent, TransformedDistribution
 
 #: Counter streams, so the importance sampler and the ELBO draw different particles.
 STREAM_IMPORTANCE, STREAM_ELBO = 0, 1
@@ -86,6 +86,29 @@ def _site_key(name: str) -> int:
     return zlib.crc32(name.encode())  # stable across processes, unlike hash()
 
 
+def _innermost(fn):
+    """The distribution under ``Independent`` wrappers and ``TransformedDistribution`` bases."""
+    while isinstance(fn, Independent | TransformedDistribution):
+        fn = fn.base_dist
+    return fn
+
+
+def _icdf_draw(fn, u: torch.Tensor) -> torch.Tensor:
+    """The draw of ``fn`` at the uniforms ``u``: the innermost base's inverse CDF, pushed
+    through the transforms of every ``TransformedDistribution`` on the way out (a flow).
+
+    :raises NotImplementedError: the innermost distribution has no inverse CDF.
+    """
+    while isinstance(fn, Independent):
+        fn = fn.base_dist
+    if isinstance(fn, TransformedDistribution):
+        value = _icdf_draw(fn.base_dist, u)
+        for transform in fn.transforms:
+            value = transform(value)  # caches (x, y): the flow scores its own draw cheaply
+        return value
+    return fn.icdf(u)
+
+
 class CounterNoise(Messenger):
     """Draw the guide's latent sites from counter-based uniforms instead of the global RNG.
 
@@ -111,10 +134,14 @@ class CounterNoise(Messenger):
         position i in the plate is datapoint ``data_offset + i``).
     :param int stream: separates independent uses of one seed.
 
-    .. warning:: Chunk invariance needs an inverse CDF at every guide site. A site whose
-        distribution has none (``icdf`` raises ``NotImplementedError``) falls back to the
-        ordinary ``rsample()`` from the global torch RNG; its name is recorded in
-        :attr:`fallback_sites`, and estimates then depend on the chunk sizes (still unbiased).
+    A site that is a ``TransformedDistribution`` (a flow) draws its base from the counters and
+    pushes it through the transforms, so flows stay chunk-invariant too.
+
+    .. warning:: Chunk invariance needs an inverse CDF at every guide site (at the base of a
+        flow). A site whose distribution has none (``icdf`` raises ``NotImplementedError``)
+        falls back to the ordinary ``rsample()`` from the global torch RNG; its name is
+        recorded in :attr:`fallback_sites`, and estimates then depend on the chunk sizes
+        (still unbiased).
 
     .. warning:: float32 uniforms carry 23 bits, so the proposal is truncated at about
         5.3 standard deviations (mass ~1e-7 per dimension): negligible against the Monte Carlo
@@ -162,11 +189,8 @@ class CounterNoise(Messenger):
             plates[self.particle_dim] = self.num_particles
         batch_shape = torch.broadcast_shapes(tuple(plates), fn.batch_shape)
         fn = fn.expand(batch_shape)
-        base = fn
-        while isinstance(base, Independent):
-            base = base.base_dist
         try:
-            ref = base.mean  # (*batch, *event): device and dtype of the particles
+            ref = _innermost(fn).mean  # (*batch, *event): device and dtype of the particles
         except NotImplementedError:
             self.fallback_sites.add(name)
             return
@@ -191,7 +215,7 @@ class CounterNoise(Messenger):
         u = counter_uniform(*counters, dtype=ref.dtype)  # (*batch, *event) or broadcastable
         u = u.expand(*batch_shape, *event)
         try:
-            value = base.icdf(u)
+            value = _icdf_draw(fn, u)
         except NotImplementedError:
             self.fallback_sites.add(name)
             return

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.models import VAE, evaluation_mode
+from pyro_vae.models import evaluation_mode, reconstruct, sample
+from pyro_vae.models.protocol import decode
 
 #: latent dimensions shown in traversals.png, and the values each one takes
 TRAVERSAL_DIMS = 8
@@ -106,19 +107,27 @@ def save_panels(
 class LatentSummary:
     """What the latent pictures need, from an evaluation.
 
-    :ivar means: ``(N, L)`` posterior means.
-    :ivar kl_per_dim: ``(L,)`` mean KL per latent dimension (orders the traversals).
+    :ivar means: ``(N, L)`` posterior means (the latent sites flattened, in guide order).
+    :ivar kl_per_dim: ``(L,)`` mean KL per latent dimension (orders the traversals; ``nan``
+        where a site's KL does not split by dimension, which then go by their activity).
+    :ivar layout: ``[(site, event_shape)]``: how the ``L`` columns split into latent sites.
     :ivar labels: ``(N,)`` classes or ``(N, F)`` factors (the first is used), or ``None``.
     """
 
     means: torch.Tensor  # (N, L)
     kl_per_dim: torch.Tensor  # (L,)
+    layout: Sequence[tuple[str, tuple[int, ...]]]
     labels: torch.Tensor | None = None
     label_names: Sequence[str] | None = None
 
 
+def _rows(inputs: Sequence[torch.Tensor], n: int) -> tuple[torch.Tensor, ...]:
+    """``n`` rows of each input, cycling through them: inputs for ``n`` draws."""
+    return tuple(t[torch.arange(n, device=t.device) % len(t)] for t in inputs)
+
+
 def write_pictures(
-    vae: VAE,
+    vae,
     x: torch.Tensor,
     out_dir: str | Path,
     metrics: Sequence[dict] = (),
@@ -126,6 +135,7 @@ def write_pictures(
     seed: int = 0,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     latents: LatentSummary | None = None,
+    inputs: Sequence[torch.Tensor] = (),
 ) -> dict[str, str]:
     """Write the pictures of a model into ``out_dir``: what a run directory shows after
     training, and, with ``latents``, what an evaluation adds.
@@ -133,11 +143,12 @@ def write_pictures(
     ================== ========================================================================
     file               contents
     ================== ========================================================================
-    reconstructions    inputs (top row) and the likelihood means at their posterior means
-    samples            likelihood means at 64 prior draws z ~ N(0, I)
-    sample-draws       draws x ~ p(x | z) at those z (with ``latents``)
+    reconstructions    inputs (top row) and the observation's mean at their posterior means
+    samples            the observation's mean at 64 prior draws of the latents
+    sample-draws       draws of the observation at those latents (with ``latents``)
     traversals         one row per latent dimension with the highest KL: z_d from -3 to 3, the
-                       other dimensions at the first datapoint's posterior mean (``latents``)
+                       other dimensions of its site at the first datapoint's posterior mean,
+                       the other sites at their (conditional) prior means (``latents``)
     latents            posterior means E_q[z | x] (first two principal components when z > 2),
                        coloured by label (``latents``)
     curves             ELBO per epoch, from ``metrics``
@@ -146,6 +157,8 @@ def write_pictures(
     :param x: data ``(N, *event_shape)`` as the model sees it, or raw data for ``preprocess``
         (applied to the first 8 datapoints, inside the seeded RNG).
     :param seed: the draws come from a forked RNG seeded with it; the global RNG is untouched.
+    :param inputs: the model's extra inputs (labels) of ``x``: the reconstructions take the
+        first 8 rows, the samples and traversals the first ones (cycled to 64).
     :returns: ``{name: file name}`` of the pictures written (image grids only for image data).
     """
     out_dir = Path(out_dir)
@@ -160,15 +173,15 @@ def write_pictures(
     with evaluation_mode(vae), torch.random.fork_rng(devices=[ref.device] if ref.is_cuda else []):
         torch.manual_seed(seed)
         xs = x[:8] if preprocess is None else preprocess(x[:8])
+        recon = reconstruct(vae, xs, *_rows(inputs, len(xs)))
         keep(
-            "reconstructions.png",
-            save_reconstructions(xs, vae.reconstruct(xs), out_dir / "reconstructions.png"),
+            "reconstructions.png", save_reconstructions(xs, recon, out_dir / "reconstructions.png")
         )
-        mean, draws = vae.sample(64)
+        mean, draws = sample(vae, 64, *_rows(inputs, 64))
         keep("samples.png", save_grid(mean, out_dir / "samples.png"))
         if latents is not None:
             keep("sample-draws.png", save_grid(draws, out_dir / "sample-draws.png"))
-            grid = traversal_grid(vae, latents.means[0], latents.kl_per_dim)
+            grid = traversal_grid(vae, latents, inputs)
             keep(
                 "traversals.png",
                 save_grid(grid, out_dir / "traversals.png", nrow=len(TRAVERSAL_VALUES)),
@@ -184,18 +197,33 @@ def write_pictures(
     return written
 
 
-def traversal_grid(vae: VAE, z0: torch.Tensor, kl_per_dim: torch.Tensor) -> torch.Tensor:
-    """Likelihood means ``(rows * columns, *event_shape)``: row r varies the r-th highest-KL
-    dimension over :data:`TRAVERSAL_VALUES`, the others stay at ``z0``."""
+def traversal_grid(
+    vae, latents: LatentSummary, inputs: Sequence[torch.Tensor] = ()
+) -> torch.Tensor:
+    """The observation's means ``(rows * columns, *event_shape)``: row r varies the r-th
+    highest-KL latent dimension over :data:`TRAVERSAL_VALUES` (dimensions whose KL does not
+    split by dimension go by their activity), the other dimensions of its site at the first
+    datapoint's posterior mean, the model's other latent sites at their (conditional) means."""
     ref = next(vae.parameters())
-    dims = torch.argsort(kl_per_dim, descending=True)[:TRAVERSAL_DIMS]  # (rows,)
+    activity = (
+        latents.means.var(0) if len(latents.means) > 1 else torch.zeros_like(latents.kl_per_dim)
+    )
+    score = torch.where(torch.isnan(latents.kl_per_dim), activity, latents.kl_per_dim)
+    dims = torch.argsort(score, descending=True)[:TRAVERSAL_DIMS]  # (rows,)
     values = TRAVERSAL_VALUES.to(ref)  # (cols,)
-    z = z0.to(ref).expand(len(dims), len(values), -1).clone()  # (rows, cols, L)
-    for row, d in enumerate(dims.tolist()):
-        z[row, :, d] = values
-    with torch.no_grad():
-        params = vae.decoder(z.reshape(-1, z.shape[-1]))  # (rows * cols, *param_shape)
-        return vae.likelihood.mean(params)
+    owner = []  # per latent dimension: (its site, the site's first column, its event shape)
+    for name, event in latents.layout:
+        owner += [(name, len(owner), event)] * math.prod(event)
+    z0 = latents.means[0].to(ref)  # (L,)
+    first = tuple(t[:1] for t in inputs)  # the first datapoint's inputs
+    rows = []
+    for d in dims.tolist():
+        name, start, event = owner[d]
+        site = z0[start : start + math.prod(event)].expand(len(values), -1).clone()  # (cols, d)
+        site[:, d - start] = values
+        values_at = {name: site.reshape(len(values), *event)}
+        rows.append(decode(vae, values_at, len(values), *_rows(first, len(values))))
+    return torch.cat(rows)
 
 
 def save_latent_scatter(

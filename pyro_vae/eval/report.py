@@ -13,6 +13,17 @@ def _num(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def _kl_words(s: dict) -> str:
+    """How the ELBO's KL was estimated, per site."""
+    kinds = s.get("kl_kind") or {}
+    mc = [name for name, kind in kinds.items() if kind == "monte-carlo"]
+    if not mc:
+        return "analytic KL"
+    if len(mc) == len(kinds):
+        return "Monte Carlo KL"
+    return f"analytic KL, Monte Carlo at {', '.join(mc)}"
+
+
 def metric_rows(s: dict) -> list[tuple[str, str]]:
     """``(metric, value)`` rows of the summary table (nats per datapoint, higher is better)."""
     k = s["iw_samples"]
@@ -28,7 +39,7 @@ def metric_rows(s: dict) -> list[tuple[str, str]]:
             f"{k}",
         ),
         (
-            f"ELBO (analytic KL, {s['elbo_particles']} particles)",
+            f"ELBO ({_kl_words(s)}, {s['elbo_particles']} particles)",
             f"{_num(s['elbo'])} ± {_num(s['elbo_se'])}",
         ),
         ("reconstruction E_q[log p(x | z)]", _num(s["recon"])),

@@ -7,19 +7,19 @@ from pyro_vae.infer.estimators import (
     DReGELBO,
     EstimatorSpec,
     ImportanceWeightedELBO,
+    ProgramsModule,
     StickingTheLandingELBO,
+    TraceELBO,
+    TraceMeanFieldELBO,
     check_beta,
+    estimator_refusal,
     make_estimator,
+    mean_field_refusal,
 )
 
 __all__ = [
-    "CAPTURE_MODES",
-    "CapturedLoss",
-    "DReGELBO",
-    "ESTIMATORS",
-    "EstimatorSpec",
-    "ImportanceWeightedELBO",
-    "StickingTheLandingELBO",
-    "check_beta",
-    "make_estimator",
-]
+    "CAPTURE_MODES", "CapturedLoss", "DReGELBO", "ESTIMATORS", "EstimatorSpec",
+    "ImportanceWeightedELBO", "ProgramsModule", "StickingTheLandingELBO", "TraceELBO",
+    "TraceMeanFieldELBO", "check_beta", "estimator_refusal", "make_estimator",
+    "mean_field_refusal",
+]  # fmt: skip

@@ -224,19 +224,21 @@ def _fresh(node) -> bool:
 
 
 class _Program(nn.Module):
-    """``forward(x)`` = the estimator's differentiable loss of ``vae`` on ``x`` (summed)."""
+    """``forward(x, *inputs)`` = the estimator's differentiable loss of the model on ``x``
+    (summed over the data plate)."""
 
     def __init__(self, vae: nn.Module, estimator):
         super().__init__()
         self.vae = vae
         self.estimator = estimator
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.estimator.differentiable_loss(self.vae.model, self.vae.guide, x)
+    def forward(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.estimator.differentiable_loss(self.vae.model, self.vae.guide, x, *inputs)
 
 
 class CapturedLoss:
-    """``loss(x)``: the estimator's ``differentiable_loss(vae.model, vae.guide, x)``, replayed.
+    """``loss(x, *inputs)``: the estimator's ``differentiable_loss(vae.model, vae.guide, x,
+    *inputs)``, replayed.
 
     :param vae: a :class:`~pyro_vae.models.VAE` (anything with ``model``/``guide`` methods and
         parameters).
@@ -247,8 +249,9 @@ class CapturedLoss:
         an epoch's last smaller batch, replay their plain graph) or ``"off"`` (run the Pyro
         program every call).
 
-    Graphs are kept per batch shape, dtype, device, KL weight and train/eval mode; the
-    parameters and buffers are inputs of the graph, so optimizer updates, in-place
+    Graphs are kept per shape, dtype and device of the batch and its extra inputs (labels),
+    KL weight and train/eval mode; the parameters and buffers are inputs of the graph, so
+    optimizer updates, in-place
     ``load_state_dict`` and ``.to(device)`` are seen. A call with a module hook (on any
     submodule), a gradient hook on a parameter, or inside a Pyro effect handler runs the
     program eagerly. A program that reads a value back to Python (``.item()``, a branch on
@@ -289,46 +292,44 @@ class CapturedLoss:
         """``"graph"``, ``"compile"``, or ``"eager: <why>"`` for the last call."""
         return self.requested if self._why_eager is None else f"eager: {self._why_eager}"
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         # hooks and handlers may come and go: such a call runs eagerly, the next may not
         if (
             self._why_eager is None
             and not _hooked(self._modules, self._params)
             and not _in_pyro_handler()
         ):
-            graph = self._graph_for(x)
+            graph = self._graph_for(x, inputs)
             if graph is not None:
-                return graph(self._tensors, x)
-        return self.eager(x)
+                return graph(self._tensors, x, *inputs)
+        return self.eager(x, *inputs)
 
-    def eager(self, x: torch.Tensor) -> torch.Tensor:
+    def eager(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         """The Pyro program itself, run now (no graph)."""
-        return self._program(x)
+        return self._program(x, *inputs)
 
-    def _key(self, x: torch.Tensor) -> tuple:
+    def _key(self, x: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> tuple:
         return (
-            tuple(x.shape),
-            x.dtype,
-            x.device,
+            *((tuple(t.shape), t.dtype, t.device) for t in (x, *inputs)),
             getattr(self.vae, "beta", None),
             self.vae.training,
             torch.is_grad_enabled(),
         )
 
-    def _graph_for(self, x: torch.Tensor) -> Callable | None:
-        key = self._key(x)
+    def _graph_for(self, x: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> Callable | None:
+        key = self._key(x, inputs)
         if key not in self._graphs:
-            self._graphs[key] = self._record(x)
+            self._graphs[key] = self._record(x, inputs)
         return self._graphs[key]
 
-    def _record(self, x: torch.Tensor) -> Callable | None:
+    def _record(self, x: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> Callable | None:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         names = self._names
         program = self._program
 
-        def loss_of(tensors, x):
-            return torch.func.functional_call(program, dict(zip(names, tensors)), (x,))
+        def loss_of(tensors, x, *inputs):
+            return torch.func.functional_call(program, dict(zip(names, tensors)), (x, *inputs))
 
         buffers = [t.detach().clone() for t in self._tensors if not isinstance(t, nn.Parameter)]
         devices = [x.device] if x.is_cuda else []
@@ -339,7 +340,9 @@ class CapturedLoss:
                 _recordable(self.estimator),
                 pyro.validation_enabled(False),
             ):
-                graph = make_fx(loss_of, **_MAKE_FX_OPTIONS)([t.detach() for t in self._tensors], x)
+                graph = make_fx(loss_of, **_MAKE_FX_OPTIONS)(
+                    [t.detach() for t in self._tensors], x, *inputs
+                )
         except (RuntimeError, TypeError, NotImplementedError, AssertionError) as e:
             # the recorder cannot follow this program (e.g. it reads a value back to Python);
             # the eager run raises any real fault
@@ -359,7 +362,7 @@ class CapturedLoss:
         graph.graph.eliminate_dead_code()  # e.g. log p(z) that the analytic KL never reads
         graph.recompile()
         try:
-            problem = self._disagreement(graph, x)
+            problem = self._disagreement(graph, x, inputs)
         except RuntimeError as e:
             problem = f"{type(e).__name__}: {e}"
         if problem is not None:
@@ -382,13 +385,15 @@ class CapturedLoss:
         self._why_eager = why
         return None
 
-    def _disagreement(self, graph: Callable, x: torch.Tensor) -> str | None:
+    def _disagreement(
+        self, graph: Callable, x: torch.Tensor, inputs: tuple[torch.Tensor, ...]
+    ) -> str | None:
         """Compare loss and gradients of the graph and the program on the same draws."""
         tensors = self._tensors
         params = [t for t in tensors if t.requires_grad]
         devices = [x.device] if x.is_cuda else []
         results = []
-        for run in (lambda: self._program(x), lambda: graph(tensors, x)):
+        for run in (lambda: self._program(x, *inputs), lambda: graph(tensors, x, *inputs)):
             with torch.random.fork_rng(devices=devices):
                 loss = run()
                 grads = (

@@ -39,15 +39,50 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.elbo import ELBO
+from pyro.infer.elbo import ELBO, ELBOModule
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.poutine.util import site_is_subsample
 from pyro.util import check_if_enumerated
+from torch import nn
 
 from pyro_vae.registry import Registry
 
 
-class ImportanceWeightedELBO(ELBO):
+class ProgramsModule(ELBOModule):
+    """Pyro's :class:`~pyro.infer.elbo.ELBOModule` (``estimator(model, guide)``) for programs
+    that are methods of a module, as a model's ``model`` and ``guide`` are: the module is
+    registered, so ``parameters()`` yields every parameter the programs use."""
+
+    def __init__(self, model, guide, elbo: ELBO):
+        super().__init__(model, guide, elbo)
+        owners: list[nn.Module] = []
+        for program in (model, guide):
+            owner = getattr(program, "__self__", None)
+            if isinstance(owner, nn.Module) and all(owner is not o for o in owners):
+                owners.append(owner)
+        self.owners = nn.ModuleList(owners)
+
+
+class SeesModules:
+    """Mixin for Pyro's ELBOs: ``estimator(model.model, model.guide)`` is a
+    :class:`ProgramsModule`, whose ``parameters()`` are the model's."""
+
+    def __call__(self, model, guide) -> ProgramsModule:
+        return ProgramsModule(model, guide, self)
+
+
+class TraceELBO(SeesModules, Trace_ELBO):
+    """Pyro's :class:`~pyro.infer.Trace_ELBO` (``elbo``), unchanged but for
+    :class:`SeesModules`."""
+
+
+class TraceMeanFieldELBO(SeesModules, TraceMeanField_ELBO):
+    """Pyro's :class:`~pyro.infer.TraceMeanField_ELBO` (``meanfield``), unchanged but for
+    :class:`SeesModules`."""
+
+
+class ImportanceWeightedELBO(SeesModules, ELBO):
     r"""Importance-weighted (Renyi) bound, per datapoint, with a differentiable loss.
 
     For each datapoint ``x_n`` and ``K`` particles ``z_k ~ q(z | x_n)`` with log weights
@@ -145,7 +180,7 @@ class ImportanceWeightedELBO(ELBO):
                     f"({type(site['fn']).__name__}) has no rsample"
                 )
             if sign < 0 and detach_guide:
-                lp = detach_params(site["fn"]).log_prob(site["value"])
+                lp = detach_site(site, self._name).log_prob(site["value"])
                 site = {**site, "unscaled_log_prob": lp}
             log_w = log_w + sign * _per_datapoint(site, nesting, particle_dim)
         scale = next(iter(scales.values()), 1.0)
@@ -221,7 +256,17 @@ def detach_params(fn: torch.distributions.Distribution) -> torch.distributions.D
     )
 
 
-class StickingTheLandingELBO(Trace_ELBO):
+def detach_site(site: dict, estimator: str) -> torch.distributions.Distribution:
+    """:func:`detach_params` of a guide site's distribution; a refusal names the site."""
+    try:
+        return detach_params(site["fn"])
+    except NotImplementedError as e:
+        raise NotImplementedError(
+            f"{estimator}: guide site {site['name']!r}: {e}; use --estimator iwae or elbo"
+        ) from None
+
+
+class StickingTheLandingELBO(TraceELBO):
     r"""The ELBO with the sticking-the-landing (path derivative) gradient.
 
     The value is exactly :class:`~pyro.infer.Trace_ELBO`'s for the same sample,
@@ -273,7 +318,7 @@ class StickingTheLandingELBO(Trace_ELBO):
                     f"({type(site['fn']).__name__}) has no rsample"
                 )
             elbo_particle = elbo_particle - torch_item(site["log_prob_sum"])
-            log_q = detach_params(site["fn"]).log_prob(site["value"])  # no score term
+            log_q = detach_site(site, "stl").log_prob(site["value"])  # no score term
             log_q = scale_and_mask(log_q, site["scale"], site["mask"])
             surrogate_elbo_particle = surrogate_elbo_particle - log_q.sum()
         return -elbo_particle, -surrogate_elbo_particle
@@ -369,13 +414,16 @@ class EstimatorSpec:
     description: str
     #: whether a KL weight beta != 1 is meaningful for this estimator
     supports_beta: bool = True
+    #: ``(guide_trace, model_trace) -> why the estimator does not apply, or None``, checked
+    #: on one batch before the first step (see :func:`estimator_refusal`)
+    requirements: tuple[Callable, ...] = ()
 
 
 ESTIMATORS: Registry[EstimatorSpec] = Registry("estimator")
 
 
 def _register(spec: EstimatorSpec) -> None:
-    ESTIMATORS.register(spec.name)(spec)
+    ESTIMATORS.add(spec.name, spec)
 
 
 def _trace_elbo(cls):
@@ -389,9 +437,72 @@ def _trace_elbo(cls):
     return factory
 
 
-_register(EstimatorSpec("elbo", _trace_elbo(Trace_ELBO), "Trace_ELBO: Monte Carlo KL"))
+# ----------------------------------------------------------------------- what each needs
+
+
+def _latent(trace) -> list[dict]:
+    return [
+        site
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    ]
+
+
+def mean_field_refusal(guide_trace, model_trace) -> str | None:
+    """The analytic KL of ``TraceMeanField_ELBO`` needs the guide to sample the latent sites in
+    the model's order (Pyro's mean-field condition: each KL is taken at the values the sites
+    before it drew). Pyro only warns when it fails; the bound is then biased."""
+    guide_order = [s["name"] for s in _latent(guide_trace)]
+    model_order = [s["name"] for s in _latent(model_trace) if s["name"] in guide_order]
+    if guide_order == model_order:
+        return None
+    return (
+        f"the guide samples the latent sites in the order {guide_order} but the model in "
+        f"{model_order}, so the analytic KL would be biased"
+    )
+
+
+def reparameterized_refusal(guide_trace, model_trace) -> str | None:
+    """Pathwise gradients need ``rsample`` at every latent site of the guide."""
+    for site in _latent(guide_trace):
+        if not site["fn"].has_rsample:
+            return f"guide site {site['name']!r} ({type(site['fn']).__name__}) has no rsample"
+    return None
+
+
+def path_derivative_refusal(guide_trace, model_trace) -> str | None:
+    """The path derivative (stl, dreg) evaluates each guide site at detached parameters."""
+    for site in _latent(guide_trace):
+        try:
+            detach_params(site["fn"])
+        except NotImplementedError as e:
+            return f"guide site {site['name']!r}: {e}"
+    return reparameterized_refusal(guide_trace, model_trace)
+
+
+def per_datapoint_refusal(guide_trace, model_trace) -> str | None:
+    """Importance weights per datapoint need every sample site in exactly one data plate."""
+    for trace in (model_trace, guide_trace):
+        for site in trace.nodes.values():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            frames = [f for f in site["cond_indep_stack"] if f.vectorized]
+            if len(frames) != 1:
+                return (
+                    f"site {site['name']!r} is in plates {[f.name for f in frames]}: a "
+                    f"per-datapoint bound needs every site in exactly one data plate"
+                )
+    return None
+
+
+_register(EstimatorSpec("elbo", _trace_elbo(TraceELBO), "Trace_ELBO: Monte Carlo KL"))
 _register(
-    EstimatorSpec("meanfield", _trace_elbo(TraceMeanField_ELBO), "TraceMeanField_ELBO: analytic KL")
+    EstimatorSpec(
+        "meanfield",
+        _trace_elbo(TraceMeanFieldELBO),
+        "TraceMeanField_ELBO: analytic KL",
+        requirements=(mean_field_refusal,),
+    )
 )
 _register(
     EstimatorSpec(
@@ -401,6 +512,7 @@ _register(
         ),
         "importance-weighted bound (IWAE), log-mean-exp over K particles per datapoint",
         supports_beta=False,
+        requirements=(per_datapoint_refusal, reparameterized_refusal),
     )
 )
 _register(
@@ -411,15 +523,15 @@ _register(
         ),
         "Renyi alpha bound per datapoint (alpha = 0: IWAE; alpha -> 1: ELBO)",
         supports_beta=False,
+        requirements=(per_datapoint_refusal, reparameterized_refusal),
     )
 )
-
-
 _register(
     EstimatorSpec(
         "stl",
         _trace_elbo(StickingTheLandingELBO),
         "Trace_ELBO with the sticking-the-landing (path derivative) gradient",
+        requirements=(path_derivative_refusal,),
     )
 )
 _register(
@@ -430,8 +542,26 @@ _register(
         ),
         "IWAE bound with doubly reparameterized (DReG) encoder gradients",
         supports_beta=False,
+        requirements=(per_datapoint_refusal, path_derivative_refusal),
     )
 )
+
+#: what to use instead of an estimator that does not apply to a model
+_INSTEAD = {"meanfield": "elbo", "stl": "elbo", "dreg": "iwae", "iwae": "elbo", "renyi": "elbo"}
+
+
+def estimator_refusal(name: str, guide_trace, model_trace) -> str | None:
+    """Why the estimator ``name`` does not apply to the model these traces come from, as a
+    sentence that names the site and what to use instead; ``None`` if it applies."""
+    for requirement in ESTIMATORS.get(name).requirements:
+        why = requirement(guide_trace, model_trace)
+        if why is not None:
+            instead = _INSTEAD.get(name, "elbo")
+            return (
+                f"the {name} estimator does not apply to this model: {why}. "
+                f"Use --estimator {instead}"
+            )
+    return None
 
 
 def make_estimator(

@@ -41,7 +41,7 @@ def positive_scale(raw: torch.Tensor) -> torch.Tensor:
     return F.softplus(raw) + MIN_SCALE
 
 
-def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
+def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
     """Linear layers of ``sizes`` with ``activation`` between them (none after the last)."""
     act = ACTIVATIONS.get(activation)
     layers: list[nn.Module] = []
@@ -92,7 +92,7 @@ class MLPEncoder(Encoder):
         self.in_shape = torch.Size(in_shape)
         self.latent_dim = int(latent_dim)
         d_in = math.prod(self.in_shape)
-        self.net = _mlp([d_in, *hidden, 2 * self.latent_dim], activation)
+        self.net = mlp([d_in, *hidden, 2 * self.latent_dim], activation)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = x.shape[: x.dim() - len(self.in_shape)]
@@ -119,7 +119,7 @@ class MLPDecoder(Decoder):
         _check_positive("latent_dim", latent_dim)
         self.latent_dim = int(latent_dim)
         self.out_shape = torch.Size(out_shape)
-        self.net = _mlp([self.latent_dim, *hidden, math.prod(self.out_shape)], activation)
+        self.net = mlp([self.latent_dim, *hidden, math.prod(self.out_shape)], activation)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).reshape(*z.shape[:-1], *self.out_shape)
@@ -162,7 +162,7 @@ class ConvEncoder(Encoder):
             act(),  # (c2, H/4, W/4)
             nn.Flatten(),
         )
-        self.head = _mlp([c2 * (h // 4) * (w // 4), *hidden, 2 * self.latent_dim], activation)
+        self.head = mlp([c2 * (h // 4) * (w // 4), *hidden, 2 * self.latent_dim], activation)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = x.shape[:-3]
@@ -196,7 +196,7 @@ class ConvDecoder(Decoder):
         k, c, h, w = self.out_shape
         c1, c2 = channels
         self._grid = (c2, h // 4, w // 4)
-        self.head = _mlp([self.latent_dim, *hidden, c2 * (h // 4) * (w // 4)], activation)
+        self.head = mlp([self.latent_dim, *hidden, c2 * (h // 4) * (w // 4)], activation)
         self.head.append(act())
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),

@@ -24,20 +24,22 @@ import dataclasses
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pyro.infer.elbo import ELBO
+from torch import nn
 from tqdm.auto import tqdm
 
 from pyro_vae.config import TrainConfig, resolve_device
 from pyro_vae.data import Preprocess
-from pyro_vae.eval.bounds import evaluate_elbo
+from pyro_vae.eval.bounds import evaluate_elbo, heldout_choice
 from pyro_vae.eval.plots import write_pictures
-from pyro_vae.infer import check_beta
-from pyro_vae.models import VAE
+from pyro_vae.infer import check_beta, estimator_refusal
 from pyro_vae.train.checkpoint import Checkpointer
-from pyro_vae.train.checks import check_data, check_sizes
+from pyro_vae.train.checks import check_data, check_sizes, probe
 from pyro_vae.train.signals import StopRequest
 from pyro_vae.train.state import EpochCursor, Schedule, TrainState
 from pyro_vae.train.step import NonFiniteLossError, TrainStep, make_scheduler, non_finite_parameter
@@ -61,17 +63,27 @@ class TrainingInterrupted(KeyboardInterrupt):
 class TrainResult:
     """What :func:`fit` returns.
 
+    :ivar model: the trained model (also ``vae``, its earlier name).
     :ivar metrics: one dict per epoch (see :data:`pyro_vae.train.rundir.METRIC_FIELDS`).
     :ivar best_test_elbo: best held-out ELBO per datapoint (nats), ``nan`` without test data.
     :ivar capture: how the steps ran the loss: ``graph``, ``compile`` or ``eager: <why>``
         (see :class:`~pyro_vae.infer.CapturedLoss`).
+    :ivar test_elbo_estimator: how the held-out ELBO is estimated for this model (the analytic
+        KL where it applies, else a Monte Carlo KL; see
+        :func:`~pyro_vae.eval.bounds.heldout_choice`).
     """
 
-    vae: VAE
+    model: nn.Module
     run_dir: Path | None
     metrics: list[dict] = field(default_factory=list)
     best_test_elbo: float = math.nan
     capture: str = ""
+    test_elbo_estimator: str = ""
+
+    @property
+    def vae(self) -> nn.Module:
+        """The trained model (its name before models other than the VAE)."""
+        return self.model
 
     @property
     def test_elbo(self) -> float:
@@ -81,7 +93,7 @@ class TrainResult:
 
 @validation_on
 def fit(
-    vae: VAE,
+    model: nn.Module,
     train: torch.Tensor,
     test: torch.Tensor | None = None,
     config: TrainConfig = TrainConfig(),
@@ -90,8 +102,11 @@ def fit(
     out: str | Path | None = None,
     run_config: dict | None = None,
     resume: bool = False,
+    train_inputs: Sequence[torch.Tensor] = (),
+    test_inputs: Sequence[torch.Tensor] = (),
 ) -> TrainResult:
-    """Train ``vae`` on ``train`` and evaluate the held-out ELBO on ``test`` every epoch.
+    """Train ``model`` (any model of :mod:`pyro_vae.models.protocol`) on ``train`` and evaluate
+    the held-out ELBO on ``test`` every epoch.
 
     With a run directory, ``checkpoint.pt`` is written before the first step (so the folder is
     proven writable and a run killed at any moment can be resumed), after every epoch, and on
@@ -107,6 +122,9 @@ def fit(
     :param run_config: the full configuration saved in checkpoints (by
         :func:`~pyro_vae.runs.run_training`).
     :param resume: continue from ``out/checkpoint.pt`` exactly where it stopped.
+    :param train_inputs: the model's extra inputs (``model.inputs``, e.g. the labels), each
+        ``(N, ...)``: indexed with the same permutation as ``train``.
+    :param test_inputs: the same for ``test``.
     :raises NonFiniteLossError: if the loss becomes NaN or infinite; names the step and term,
         and keeps the last checkpoint.
     :raises TrainingInterrupted: on Ctrl-C (SIGINT), after writing ``checkpoint.pt``.
@@ -115,37 +133,59 @@ def fit(
     :raises CheckpointError: on ``resume``, an unreadable checkpoint or one of another
         configuration; nothing is written then.
     :raises FileExistsError: without ``resume``, ``out`` holds a checkpoint already.
+    :raises ValueError: data outside the model's support, or an estimator that does not apply
+        to the model (named, with what to use instead), before any step.
     """
     cfg = config
     check_beta(cfg.estimator, cfg.beta, warmup=cfg.warmup_epochs > 0)
     device = resolve_device(cfg.device)
-    vae.to(device)
-    train = train.to(device)
-    test = None if test is None or len(test) == 0 else test.to(device)  # --test-size 0
+    model.to(device)
+    train, train_inputs = train.to(device), tuple(t.to(device) for t in train_inputs)
+    if test is None or len(test) == 0:  # --test-size 0
+        test, test_inputs = None, ()
+    else:
+        test, test_inputs = test.to(device), tuple(t.to(device) for t in test_inputs)
     check_sizes(train, cfg.batch_size)
-    check_data(vae, train, preprocess, "training")
+    check_data(model, train, preprocess, "training", train_inputs)
     if test is not None:
-        check_data(vae, test, preprocess, "test")
+        check_data(model, test, preprocess, "test", test_inputs)
+    traced = probe(model, *_first_two(train, train_inputs, preprocess))  # one traced pass
+    why = None if traced is None else estimator_refusal(cfg.estimator, *traced)
+    if why is not None:
+        raise ValueError(why)
+    held_out, how = heldout_choice(traced)
 
     schedule = Schedule.of(len(train), cfg)
-    step = TrainStep(vae, cfg, device)
+    step = TrainStep(model, cfg, device)
     scheduler = make_scheduler(step.optimizer, cfg, schedule.total_steps)
-    saved_config = run_config if run_config is not None else {"train": dataclasses.asdict(cfg)}
-    checkpoints = Checkpointer(out, vae, step.optimizer, scheduler, saved_config, resume)
+    saved = dict(run_config) if run_config is not None else {"train": dataclasses.asdict(cfg)}
+    saved["test_elbo_estimator"] = how
+    checkpoints = Checkpointer(out, model, step.optimizer, scheduler, saved, resume)
     state = checkpoints.restore(schedule, device) if resume else TrainState()
-    run = _Run(vae, train, test, preprocess, cfg, schedule, step, scheduler, checkpoints)
+    run = _Run(model, train, train_inputs, test, test_inputs, preprocess, cfg, schedule, step,
+               scheduler, checkpoints, held_out)  # fmt: skip
 
-    vae.train()
+    model.train()
     with run.stop, warnings.catch_warnings():
         # the guard reports a NaN loss with its step and term; Pyro's warning would repeat it
         warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
-        checkpoints.begin(state, run_config)
+        checkpoints.begin(state, None if run_config is None else saved)
         while state.epoch < cfg.epochs:
             run.end_epoch(state, run.run_epoch(state))
     if checkpoints.run_dir is not None:
-        pictured = test if test is not None else train
-        write_pictures(vae, pictured, checkpoints.run_dir, state.metrics, preprocess=preprocess)
-    return TrainResult(vae, checkpoints.run_dir, state.metrics, state.best, step.loss.mode)
+        x, inputs = (test, test_inputs) if test is not None else (train, train_inputs)
+        write_pictures(model, x, checkpoints.run_dir, state.metrics, preprocess=preprocess,
+                       inputs=inputs)  # fmt: skip
+    return TrainResult(model, checkpoints.run_dir, state.metrics, state.best, step.loss.mode, how)
+
+
+def _first_two(
+    data: torch.Tensor, inputs: tuple[torch.Tensor, ...], preprocess: Preprocess
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Two datapoints as the model sees them, drawn under a forked RNG (the training's random
+    stream is untouched)."""
+    with torch.random.fork_rng(devices=[data.device] if data.is_cuda else []):
+        return preprocess(data[:2]), tuple(t[:2] for t in inputs)
 
 
 @dataclass
@@ -161,15 +201,18 @@ class _Epoch:
 class _Run:
     """The parts of a training run that stay the same from step to step."""
 
-    vae: VAE
+    model: nn.Module
     train: torch.Tensor  # (N, *event_shape) on the device
+    train_inputs: tuple[torch.Tensor, ...]  # each (N, ...) on the device
     test: torch.Tensor | None  # (M, *event_shape) on the device
+    test_inputs: tuple[torch.Tensor, ...]  # each (M, ...) on the device
     preprocess: Preprocess
     cfg: TrainConfig
     schedule: Schedule
     step: TrainStep
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     checkpoints: Checkpointer
+    held_out: ELBO  # the estimator of the held-out ELBO
     stop: StopRequest = field(default_factory=StopRequest)
 
     def run_epoch(self, state: TrainState) -> _Epoch:
@@ -193,8 +236,8 @@ class _Run:
         for i in range(cursor.batch, spe):
             if self.stop.requested:
                 self._interrupt(state, epoch, i)
-            x = self._batch(cursor.perm, i)  # (B, *event_shape)
-            loss = self._step(state, epoch, x)
+            x, inputs = self._batch(cursor.perm, i)  # (B, *event_shape), each (B, ...)
+            loss = self._step(state, epoch, x, inputs)
             cursor.loss_sum += loss * x.shape[0]
             window_loss += loss
             window_n += 1
@@ -210,9 +253,12 @@ class _Run:
     def end_epoch(self, state: TrainState, epoch: _Epoch) -> None:
         """The epoch's metrics (training ELBO, held-out ELBO, time), then its checkpoints."""
         train_elbo = -(epoch.cursor.loss_sum / self.schedule.n).item()
-        test_elbo = (
-            math.nan if self.test is None else evaluate_elbo(self.vae, self.test, self.preprocess)
-        )
+        test_elbo = math.nan
+        if self.test is not None:
+            test_elbo = evaluate_elbo(
+                self.model, self.test, self.preprocess, inputs=self.test_inputs,
+                estimator=self.held_out,
+            )  # fmt: skip
         state.metrics.append(
             {
                 "epoch": state.epoch + 1,
@@ -221,7 +267,7 @@ class _Run:
                 "test_elbo": test_elbo,
                 "seconds": time.perf_counter() - epoch.started,
                 "lr": self.step.optimizer.param_groups[0]["lr"],
-                "beta": self.vae.beta,
+                "beta": getattr(self.model, "beta", 1.0),
             }
         )
         epoch.bar.set_postfix(train=f"{train_elbo:.2f}", test=f"{test_elbo:.2f}")
@@ -232,20 +278,24 @@ class _Run:
         state.epoch += 1
         self.checkpoints.end_epoch(state, improved)
 
-    def _batch(self, perm: torch.Tensor, batch: int) -> torch.Tensor:
-        """Batch ``batch`` of the epoch with permutation ``perm``, as the model sees it."""
-        return self.preprocess(self.train[self.schedule.indices(perm, batch)])
+    def _batch(self, perm: torch.Tensor, batch: int) -> tuple[torch.Tensor, tuple]:
+        """Batch ``batch`` of the epoch with permutation ``perm``, as the model sees it, and
+        its extra inputs."""
+        idx = self.schedule.indices(perm, batch)
+        return self.preprocess(self.train[idx]), tuple(t[idx] for t in self.train_inputs)
 
-    def _step(self, state: TrainState, epoch: _Epoch, x: torch.Tensor) -> torch.Tensor:
+    def _step(self, state: TrainState, epoch: _Epoch, x: torch.Tensor, inputs) -> torch.Tensor:
         """One optimizer step on ``x`` with this step's beta; the loss, on the device."""
-        self.vae.beta = self.schedule.beta_at(state.step)
+        if hasattr(self.model, "beta"):
+            self.model.beta = self.schedule.beta_at(state.step)
         try:
             # a recorded graph per batch shape once beta is constant (after warm-up)
-            loss = self.step(x, state.step + 1, capture=not self.schedule.in_warmup(state.step))
+            capture = not self.schedule.in_warmup(state.step)
+            loss = self.step(x, state.step + 1, *inputs, capture=capture)
         except ValueError as e:
             # Pyro's validation (at a capture, or every step of an uncaptured program)
             # rejects a NaN distribution parameter before any loss exists
-            if not non_finite_parameter(e, self.vae):
+            if not non_finite_parameter(e, self.model):
                 raise
             self._check(state, epoch, cause=e, step=state.step + 1)
             raise
@@ -257,12 +307,13 @@ class _Run:
     def _check(self, state: TrainState, epoch: _Epoch, cause=None, step=None) -> None:
         """Stop with :class:`NonFiniteLossError` if the guard saw a bad step (one host sync)."""
 
-        def batch_of(bad_step: int) -> torch.Tensor:
-            return self._batch(epoch.cursor.perm, self.schedule.batch_of_step(bad_step))
+        def batch_of(bad_step: int) -> tuple[torch.Tensor, ...]:
+            x, inputs = self._batch(epoch.cursor.perm, self.schedule.batch_of_step(bad_step))
+            return (x, *inputs)
 
         try:
             self.step.guard.check(
-                self.vae,
+                self.model,
                 self.checkpoints.kept(),
                 batch_of,
                 self.schedule.epoch_of_step,

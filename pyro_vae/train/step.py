@@ -18,7 +18,7 @@ from torch import nn
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.infer import CapturedLoss, make_estimator
-from pyro_vae.models import VAE
+from pyro_vae.models import latent_sites, observed_sites
 from pyro_vae.validation import constraint_text, invalid_distribution_argument
 
 
@@ -61,27 +61,30 @@ class TrainStep:
     fused Adam update that the guard can skip on the device. ``benchmarks/bench_train.py``
     times exactly this object.
 
-    :ivar optimizer: the one torch optimizer over ``vae.parameters()``.
+    :ivar optimizer: the one torch optimizer over ``model.parameters()``.
     :ivar guard: the :class:`NonFiniteGuard`; call ``guard.check`` to read it.
     :ivar loss: the :class:`~pyro_vae.infer.CapturedLoss`; ``loss.mode`` says how it runs.
     """
 
-    def __init__(self, vae: VAE, cfg: TrainConfig, device: torch.device):
-        self.vae = vae
+    def __init__(self, model, cfg: TrainConfig, device: torch.device):
+        self.model = model
         self.grad_clip = cfg.grad_clip
         estimator = make_estimator(cfg.estimator, cfg.particles, alpha=cfg.alpha)
-        self.loss = CapturedLoss(vae, estimator, cfg.capture)
-        self.optimizer = make_optimizer(vae, cfg)
-        self._params = list(vae.parameters())  # the optimizer's, in its order
+        self.loss = CapturedLoss(model, estimator, cfg.capture)
+        self.optimizer = make_optimizer(model, cfg)
+        self._params = list(model.parameters())  # the optimizer's, in its order
         self.guard = NonFiniteGuard(device)
 
-    def __call__(self, x: torch.Tensor, step: int, capture: bool = True) -> torch.Tensor:
-        """Train on the batch ``x`` as step ``step`` (1-based); return the loss (detached).
+    def __call__(
+        self, x: torch.Tensor, step: int, *inputs: torch.Tensor, capture: bool = True
+    ) -> torch.Tensor:
+        """Train on the batch ``x`` (and its extra inputs) as step ``step`` (1-based); return
+        the loss (detached).
 
         :param capture: ``False`` runs the Pyro program itself (e.g. while beta changes every
             step during warm-up, where a recorded graph would be used once).
         """
-        loss = (self.loss(x) if capture else self.loss.eager(x)) / x.shape[0]
+        loss = (self.loss(x, *inputs) if capture else self.loss.eager(x, *inputs)) / x.shape[0]
         detached = loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -124,9 +127,9 @@ class NonFiniteGuard:
 
     def check(
         self,
-        vae: VAE,
+        model,
         kept: str,
-        batch_of: Callable[[int], torch.Tensor],
+        batch_of: Callable[[int], tuple[torch.Tensor, ...]],
         epoch_of: Callable[[int], int],
         cause: Exception | None = None,
         step: int | None = None,
@@ -134,7 +137,7 @@ class NonFiniteGuard:
         """Raise :class:`NonFiniteLossError` if a bad step was seen (one host sync).
 
         :param kept: what the stop leaves behind, for the message.
-        :param batch_of: ``step -> batch`` of that (1-based) step of the current epoch.
+        :param batch_of: ``step -> (x, *inputs)`` of that (1-based) step of the current epoch.
         :param epoch_of: ``step -> epoch`` (1-based), for the message.
         :param cause: Pyro's validation error at step ``step``, which counts as bad.
         """
@@ -145,7 +148,7 @@ class NonFiniteGuard:
         if bad < 0:
             bad = step
             what = "Pyro's validation refused a distribution parameter"
-        term, detail = diagnose_non_finite(vae, batch_of(bad))
+        term, detail = diagnose_non_finite(model, *batch_of(bad))
         epoch = epoch_of(bad)
         raise NonFiniteLossError(
             f"{what} at step {bad} (epoch {epoch}): {detail}. Training stopped; {kept}. "
@@ -157,33 +160,35 @@ class NonFiniteGuard:
 
 
 @torch.no_grad()
-def diagnose_non_finite(vae: VAE, x: torch.Tensor) -> tuple[str | None, str]:
-    """Which ELBO term of ``vae`` is non-finite on the batch ``x``: one traced pass.
+def diagnose_non_finite(model, x: torch.Tensor, *inputs: torch.Tensor) -> tuple[str | None, str]:
+    """Which ELBO term of ``model`` is non-finite on the batch ``x``: one traced pass.
 
-    The guide and then the model (replaying the guide's ``z``) run under ``poutine.trace``
-    with validation on, and the log densities that enter the loss are read per site:
-    reconstruction = the ``x`` site's ``log p(x|z)``, KL = ``log q(z|x) - log p(z)`` of the
-    ``z`` sites. A distribution parameter that validation rejects names its side: the encoder's
-    ``q(z|x)`` (the KL term) or the decoder's ``p(x|z)`` (reconstruction).
+    The guide and then the model (replaying the guide's latent values) run under
+    ``poutine.trace`` with validation on, and the log densities that enter the loss are read
+    per site, whatever the sites are called: reconstruction = an observed site's
+    ``log p(x | ...)``, KL = ``log q(z | ...) - log p(z | ...)`` of a latent site. A
+    distribution parameter that validation rejects names its side: the guide's (the KL term)
+    or the model's (the reconstruction term, or the prior's KL term).
 
     :returns: ``(term, sentence)``; ``term`` is ``"parameters"`` when parameters themselves
         are non-finite, ``"KL"``, ``"reconstruction"``, or ``None`` when this pass is finite
         (the fault depended on the random draw).
     """
-    bad = [name for name, p in vae.named_parameters() if not torch.isfinite(p).all()]
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         return "parameters", f"the parameters {names} are non-finite"
     devices = [x.device] if x.is_cuda else []
     with torch.random.fork_rng(devices=devices):
         try:
-            guide = poutine.trace(vae.guide).get_trace(x)
+            guide = poutine.trace(model.guide).get_trace(x, *inputs)
         except ValueError as e:
             if not invalid_distribution_argument(e):
                 raise
             return "KL", f"the KL term: the guide's q(z|x) is invalid ({constraint_text(e)})"
         try:
-            model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+            replayed = poutine.replay(model.model, trace=guide)
+            trace = poutine.trace(replayed).get_trace(x, *inputs)
         except ValueError as e:
             if not invalid_distribution_argument(e):
                 raise
@@ -191,24 +196,33 @@ def diagnose_non_finite(vae: VAE, x: torch.Tensor) -> tuple[str | None, str]:
                 f"the reconstruction term: the model's p(x|z) is invalid ({constraint_text(e)})"
             )
         guide.compute_log_prob()
-        model.compute_log_prob()
-    recon = model.nodes["x"]["log_prob"]  # (B,)
-    kl = guide.nodes["z"]["log_prob"] - model.nodes["z"]["log_prob"]  # (B,)
-    recon_ok, kl_ok = bool(torch.isfinite(recon).all()), bool(torch.isfinite(kl).all())
-    if not kl_ok:
-        also = "finite" if recon_ok else "non-finite too"
-        return "KL", f"the KL term log q(z|x) - log p(z) is non-finite (reconstruction: {also})"
-    if not recon_ok:
-        return "reconstruction", "the reconstruction term log p(x|z) is non-finite (KL: finite)"
+        trace.compute_log_prob()
+    kl = {
+        s["name"]: s["log_prob"] - trace.nodes[s["name"]]["log_prob"] for s in latent_sites(guide)
+    }  # (B,) each
+    recon = {s["name"]: s["log_prob"] for s in observed_sites(trace)}  # (B,) each
+    bad_kl = [name for name, t in kl.items() if not torch.isfinite(t).all()]
+    bad_recon = [name for name, t in recon.items() if not torch.isfinite(t).all()]
+    if bad_kl:
+        also = "finite" if not bad_recon else "non-finite too"
+        return "KL", (
+            f"the KL term log q(z|x) - log p(z) is non-finite at site {bad_kl[0]!r} "
+            f"(reconstruction: {also})"
+        )
+    if bad_recon:
+        return "reconstruction", (
+            f"the reconstruction term log p(x|z) is non-finite at site {bad_recon[0]!r} "
+            f"(KL: finite)"
+        )
     return None, (
         "one traced pass of that batch with the same parameters gives finite terms: the "
         "gradient was non-finite, or the fault depended on the random draw of z"
     )
 
 
-def non_finite_parameter(error: ValueError, vae: VAE) -> bool:
+def non_finite_parameter(error: ValueError, model) -> bool:
     """Whether ``error``, raised by a step, comes from a non-finite parameter or from Pyro's
     refusal of a distribution parameter: a bad step for :class:`NonFiniteGuard` to name."""
-    if not all(torch.isfinite(p).all() for p in vae.parameters()):
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
         return True
     return invalid_distribution_argument(error)
