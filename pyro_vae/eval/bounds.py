@@ -439,7 +439,7 @@ def bits_per_dim_reason(vae, dequantized: bool, inputs: Sequence[torch.Tensor] =
             trace = poutine.trace(vae.model).get_trace(x, *ins)
     for site in observed_sites(trace):
         if site["fn"].support.is_discrete:
-            what = type(base_distribution(site["fn"])).__name__
+            what = type(base_distribution(site["fn"])).__name__.lstrip("_")
             return (
                 f"the observation {site['name']!r} ({what}) is discrete: log p(x) is already a "
                 f"log-probability of the (binarized) data, not of 8-bit levels"

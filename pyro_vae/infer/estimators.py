@@ -471,13 +471,32 @@ def reparameterized_refusal(guide_trace, model_trace) -> str | None:
 
 
 def path_derivative_refusal(guide_trace, model_trace) -> str | None:
-    """The path derivative (stl, dreg) evaluates each guide site at detached parameters."""
-    for site in _latent(guide_trace):
+    """The path derivative (stl, dreg) evaluates each guide site at detached parameters: each
+    site must be detachable, and its parameters must not depend on another latent site's
+    value (detaching them would cut that dependence, and bias the gradient). The dependence
+    is read with autograd where the traces kept a graph."""
+    sites = _latent(guide_trace)
+    for site in sites:
         try:
             detach_params(site["fn"])
         except NotImplementedError as e:
             return f"guide site {site['name']!r}: {e}"
-    return reparameterized_refusal(guide_trace, model_trace)
+    why = reparameterized_refusal(guide_trace, model_trace)
+    if why is not None:
+        return why
+    for j, site in enumerate(sites):
+        earlier = [s for s in sites[:j] if s["value"].requires_grad]
+        log_q = site["fn"].log_prob(site["value"].detach()).sum()
+        if not earlier or not log_q.requires_grad:
+            continue
+        grads = torch.autograd.grad(log_q, [s["value"] for s in earlier], allow_unused=True)
+        for s, g in zip(earlier, grads):
+            if g is not None:
+                return (
+                    f"guide site {site['name']!r} depends on {s['name']!r}: detaching its "
+                    f"parameters would cut that dependence and bias the gradient"
+                )
+    return None
 
 
 def per_datapoint_refusal(guide_trace, model_trace) -> str | None:

@@ -96,12 +96,14 @@ def check_inputs(model, inputs: Sequence[torch.Tensor], n: int, what: str) -> No
 
 
 @contextlib.contextmanager
-def evaluation_mode(model) -> Iterator[None]:
+def evaluation_mode(model, grad: bool = False) -> Iterator[None]:
     """``eval()``, beta = 1 and ``no_grad`` inside, validation on; the caller's mode and beta
     restored after.
 
     No optimizer is involved anywhere, so no parameter can move (an optimizer ``step()`` under
     ``no_grad`` would still apply Adam's momentum).
+
+    :param grad: keep autograd on (to read how the program's values depend on each other).
     """
     was_training = model.training
     beta = getattr(model, "beta", None)
@@ -109,7 +111,7 @@ def evaluation_mode(model) -> Iterator[None]:
     if beta is not None:
         model.beta = 1.0  # the bound and the ELBO of the model itself, whatever the training weight
     try:
-        with torch.no_grad(), pyro.validation_enabled(True):
+        with torch.set_grad_enabled(grad), pyro.validation_enabled(True):
             yield
     finally:
         if beta is not None:

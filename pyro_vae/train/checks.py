@@ -92,7 +92,7 @@ def _check_site(site: dict, what: str, offset: int) -> None:
         raise DataSupportError(
             f"{what} datapoint {first} (and {int((~inside).sum()) - 1} more among "
             f"datapoints {offset}..{offset + len(value) - 1}) lies outside the support of the "
-            f"{type(base).__name__} distribution of the observed site {site['name']!r} "
+            f"{type(base).__name__.lstrip('_')} distribution of the observed site {site['name']!r} "
             f"({fn.support}). Transform the data, or choose a likelihood whose support holds "
             f"them (pyro-vae diagnose lists the valid ones)."
         )
@@ -112,9 +112,9 @@ def check_estimator(name: str, model, x: torch.Tensor, inputs: Sequence[torch.Te
 
 
 def probe(model, x: torch.Tensor, inputs: Sequence[torch.Tensor] = ()):
-    """``(guide_trace, model_trace)`` of the first two datapoints, in evaluation mode under a
-    forked RNG; ``None`` if validation refuses a distribution parameter (the first step names
-    it)."""
+    """``(guide_trace, model_trace)`` of the first two datapoints, in evaluation mode (autograd
+    on, so that a requirement can read how the sites depend on each other) under a forked RNG;
+    ``None`` if validation refuses a distribution parameter (the first step names it)."""
     devices = [x.device] if x.is_cuda else []
-    with evaluation_mode(model), torch.random.fork_rng(devices=devices):
+    with evaluation_mode(model, grad=True), torch.random.fork_rng(devices=devices):
         return _traced_or_none(traces, model, x[:2], *(t[:2] for t in inputs))
