@@ -316,13 +316,7 @@ USER_MODEL = textwrap.dedent(
     import pyro.distributions as dist
     import torch
 
-    from pyro_vae.models import LIKELIHOODS, LatentModel, MLPDecoder, MLPEncoder, make_likelihood
-    from pyro_vae.models.likelihoods import NormalLikelihood
-
-
-    @LIKELIHOODS.register("user-normal")
-    class UserNormal(NormalLikelihood):
-        name = "user-normal"
+    from pyro_vae.models import LatentModel, MLPDecoder, MLPEncoder, make_likelihood
 
 
     class LaplacePrior(LatentModel):
@@ -353,22 +347,40 @@ USER_MODEL = textwrap.dedent(
 )
 
 
+USER_LIKELIHOOD = textwrap.dedent(
+    """
+    from pyro_vae.models import LIKELIHOODS
+    from pyro_vae.models.likelihoods import NormalLikelihood
+
+
+    @LIKELIHOODS.register("user-normal")
+    class UserNormal(NormalLikelihood):
+        name = "user-normal"
+    """
+)
+
+
 def test_a_user_model_by_path_trains_resumes_and_evaluates_from_anywhere(
     labelled, tmp_path, monkeypatch, capsys
 ):
     code = tmp_path / "user" / "mymodel.py"
     code.parent.mkdir()
     code.write_text(USER_MODEL)
+    (code.parent / "likes.py").write_text(USER_LIKELIHOOD)
     run = tmp_path / "run"
     monkeypatch.chdir(code.parent)
     try:
-        assert cli.main(["train", "--model", "mymodel.py:build", "--likelihood", "user-normal",
+        assert cli.main(["train", "--model", "mymodel.py:build", "--import", "likes.py",
+                         "--likelihood", "user-normal",
                          "--epochs", "1", "--dataset", str(labelled), "--out", str(run),
                          *FLAGS]) == 0  # fmt: skip
         monkeypatch.chdir(tmp_path)  # elsewhere: config.json names the file by its path
         assert cli.main(["train", "--resume", str(run), "--epochs", "2"]) == 0
         assert cli.main(["evaluate", str(run), "--iw-samples", "4", "--elbo-particles", "2",
                          "--quiet"]) == 0  # fmt: skip
+        config = json.loads((run / "config.json").read_text())["model"]
+        assert config["imports"] == [str(code.parent / "likes.py")]
+        assert config["model"] == f"{code}:build"  # both by path: rebuilt from any folder
         summary = json.loads((run / "summary.json").read_text())
         assert summary["latent_sites"] == {"latent": [2]}
         assert summary["kl_kind"] == {"latent": "analytic"}  # torch has KL(Normal || Laplace)

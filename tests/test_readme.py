@@ -36,3 +36,36 @@ def test_ci_runs_the_readme_commands():
     test, lint = re.findall(r"```bash\n(.*?)\n```", _section("Test"), re.S)
     assert setup in ci and test in ci and lint in ci
     assert ci.index(lint) < ci.index(test)  # the linter before the tests
+
+
+TINY = {
+    "train": ["--epochs", "1", "--num-shapes", "200", "--test-size", "40", "--latent-dim", "2",
+              "--hidden", "16", "--batch-size", "50", "--quiet"],
+    "evaluate": ["--iw-samples", "4", "--elbo-particles", "2", "--quiet"],
+    "compare": ["--epochs", "1", "--num-shapes", "120", "--test-size", "30", "--latent-dim", "2",
+                "--hidden", "8", "--batch-size", "40", "--iw-samples", "3", "--snr-draws", "2",
+                "--snr-batch", "6", "--quiet"],
+}  # fmt: skip
+
+
+def test_write_your_own_model_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The section's model, saved as mymodel.py, trains, evaluates and compares through the
+    section's own commands (with tiny sizes appended: the later flag wins)."""
+    from pyro_vae.apps import cli
+
+    section = _section("Write your own model")
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    (commands,) = re.findall(r"```bash\n(.*?)\n```", section, re.S)
+    (tmp_path / "mymodel.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    lines = commands.replace("\\\n", " ").splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        [".venv/bin/pyro-vae", c] for c in ("train", "evaluate", "compare")
+    ]
+    for line in lines:
+        argv = line.split()[1:]
+        assert cli.main(argv + TINY[argv[0]]) == 0, line
+    summary = (tmp_path / "runs" / "laplace" / "summary.json").read_text()
+    assert '"z": "analytic"' in summary  # KL(Normal || Laplace) has a closed form
+    assert "| dreg | 5 |" in (tmp_path / "runs" / "laplace-compare" / "comparison.md").read_text()
+    capsys.readouterr()

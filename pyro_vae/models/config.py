@@ -120,13 +120,17 @@ def resolve_factory(spec: str) -> Callable:
     return factory
 
 
+def _absolute_file(name: str) -> str:
+    """A ``.py`` file by its absolute path (a module name as it is), so that the run directory
+    imports it again from any folder."""
+    return str(Path(name).expanduser().resolve()) if name.endswith(".py") else name
+
+
 def _absolute(spec: str) -> str:
     """A ``file.py:factory`` spec with the file's absolute path, so that the run directory
     rebuilds the model from any folder."""
     module_name, sep, attr = spec.rpartition(":")
-    if sep and module_name.endswith(".py"):
-        return f"{Path(module_name).expanduser().resolve()}:{attr}"
-    return spec
+    return f"{_absolute_file(module_name)}:{attr}" if sep else spec
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,8 @@ class ModelConfig:
     pseudo_inputs: int = setting(500, "pseudo-inputs of the VampPrior (vamp)")
 
     def __post_init__(self):
-        object.__setattr__(self, "imports", tuple(str(m) for m in self.imports))
+        imports = tuple(_absolute_file(str(m)) for m in self.imports)
+        object.__setattr__(self, "imports", imports)
         import_modules(self.imports)
         object.__setattr__(self, "model", _absolute(self.model))
         resolve_factory(self.model)
