@@ -34,12 +34,7 @@ SMALL = dict(latent_dim=3, hidden=(16,), top_latent_dim=2, top_hidden=(8,), pseu
 LABELS = LabelInfo((), "int64", 3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bound(name, model, x, *inputs, K=1, **kw):

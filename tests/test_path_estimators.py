@@ -28,13 +28,7 @@ from linear_gaussian import exact_log_px, make_problem, make_vae
 SIGMA = 0.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny float64 ops: a second thread only adds synchronization on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

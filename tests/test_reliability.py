@@ -70,6 +70,11 @@ def _temp_files(folder: Path) -> list:
     return sorted(p.name for p in folder.glob(".*.tmp"))
 
 
+#: the flags of a tiny run on the embedded shapes (4 steps per epoch)
+TINY_RUN = ["--num-shapes", 200, "--test-size", 50, "--batch-size", 50, "--latent-dim", 2,
+            "--hidden", 16, "--quiet"]  # fmt: skip
+
+
 class _Calls:
     """Forward hook counting training-mode calls (evaluation runs in eval mode); from call ``n``
     on it multiplies the outputs by ``factor`` or, with ``action``, calls it once."""
@@ -448,19 +453,7 @@ def _wait_for(predicate, timeout=120.0):
 
 def test_sigint_to_the_cli_saves_exits_130_and_resume_continues(tmp_path):
     run = tmp_path / "run"
-    args = [
-        "--num-shapes",
-        200,
-        "--test-size",
-        50,
-        "--batch-size",
-        50,
-        "--latent-dim",
-        2,
-        "--hidden",
-        16,
-        "--quiet",
-    ]
+    args = TINY_RUN
     proc = _pyro_vae("train", *args, "--epochs", 10_000, "--out", run)
     _wait_for(lambda: (run / "metrics.jsonl").is_file() or proc.poll() is not None)
     time.sleep(0.2)
@@ -575,19 +568,7 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path):
     `checkpoint.pt` loads with weights_only and no progress is lost; the run that finally
     completes equals one never killed, bit for bit."""
     run, straight = tmp_path / "run", tmp_path / "straight"
-    args = [
-        "--num-shapes",
-        200,
-        "--test-size",
-        50,
-        "--batch-size",
-        50,
-        "--latent-dim",
-        2,
-        "--hidden",
-        16,
-        "--quiet",
-    ]
+    args = TINY_RUN
     ckpt = run / "checkpoint.pt"
     rng = random.Random(0)
     zygote = _Zygote(tmp_path)

@@ -26,9 +26,9 @@ from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
 from pyro_vae.models.config import MODELS, LabelInfo, ModelConfig
-from pyro_vae.models.likelihoods import Likelihood, make_likelihood
-from pyro_vae.models.networks import Decoder, Encoder, make_networks
-from pyro_vae.models.vae import VAE
+from pyro_vae.models.likelihoods import Likelihood
+from pyro_vae.models.networks import Decoder, Encoder
+from pyro_vae.models.vae import VAE, vae_parts
 
 
 class IAFVAE(VAE):
@@ -76,9 +76,5 @@ def iaf(
     beta: float = 1.0,
 ) -> IAFVAE:
     """The ``iaf`` model: the VAE's networks and ``flows`` flows."""
-    c = config
-    lik = make_likelihood(c.likelihood, event_shape, **c.likelihood_options())
-    encoder, decoder = make_networks(
-        c.arch, event_shape, lik.param_shape, c.latent_dim, c.hidden, c.activation
-    )
-    return IAFVAE(encoder, decoder, lik, flows=c.flows, beta=beta)
+    encoder, decoder, lik = vae_parts(event_shape, config)
+    return IAFVAE(encoder, decoder, lik, flows=config.flows, beta=beta)

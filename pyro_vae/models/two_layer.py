@@ -24,10 +24,10 @@ import pyro.distributions as dist
 import torch
 
 from pyro_vae.models.config import MODELS, LabelInfo, ModelConfig
-from pyro_vae.models.likelihoods import Likelihood, make_likelihood
-from pyro_vae.models.networks import Decoder, Encoder, MLPEncoder, make_networks
+from pyro_vae.models.likelihoods import Likelihood
+from pyro_vae.models.networks import Decoder, Encoder, MLPEncoder
 from pyro_vae.models.protocol import LatentModel
-from pyro_vae.models.vae import standard_normal
+from pyro_vae.models.vae import standard_normal, vae_parts
 
 
 class TwoLayerVAE(LatentModel):
@@ -90,10 +90,7 @@ def two_layer(
     """The ``two-layer`` model: ``x`` and ``z1`` joined by ``arch`` networks of ``hidden``
     sizes, ``z1`` and ``z2`` by MLPs of ``top_hidden`` sizes."""
     c = config
-    lik = make_likelihood(c.likelihood, event_shape, **c.likelihood_options())
-    encoder, decoder = make_networks(
-        c.arch, event_shape, lik.param_shape, c.latent_dim, c.hidden, c.activation
-    )
+    encoder, decoder, lik = vae_parts(event_shape, config)
     top_encoder = MLPEncoder((c.latent_dim,), c.top_latent_dim, c.top_hidden, c.activation)
     top_decoder = MLPEncoder(
         (c.top_latent_dim,), c.latent_dim, tuple(reversed(c.top_hidden)), c.activation

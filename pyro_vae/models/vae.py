@@ -124,6 +124,17 @@ def build_vae(
     return VAE(encoder, decoder, lik, beta=beta)
 
 
+def vae_parts(event_shape: Sequence[int], config: ModelConfig):
+    """``(encoder, decoder, likelihood)`` of a configuration: the likelihood by name, the
+    networks by ``arch`` (the parts the built-in models share)."""
+    c = config
+    lik = make_likelihood(c.likelihood, event_shape, **c.likelihood_options())
+    encoder, decoder = make_networks(
+        c.arch, event_shape, lik.param_shape, c.latent_dim, c.hidden, c.activation
+    )
+    return encoder, decoder, lik
+
+
 @MODELS.register("vae")
 def vae(
     event_shape: Sequence[int],
@@ -134,13 +145,7 @@ def vae(
 ) -> VAE:
     """The ``vae`` model: :func:`build_vae` of the configuration."""
     c = config
+    options = c.likelihood_options()
     return build_vae(
-        event_shape,
-        c.likelihood,
-        c.latent_dim,
-        c.hidden,
-        c.arch,
-        c.activation,
-        beta=beta,
-        **c.likelihood_options(),
+        event_shape, c.likelihood, c.latent_dim, c.hidden, c.arch, c.activation, beta, **options
     )

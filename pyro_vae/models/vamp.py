@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from pyro_vae.models.config import MODELS, LabelInfo, ModelConfig
-from pyro_vae.models.likelihoods import Likelihood, make_likelihood
-from pyro_vae.models.networks import Decoder, Encoder, make_networks
-from pyro_vae.models.vae import VAE
+from pyro_vae.models.likelihoods import Likelihood
+from pyro_vae.models.networks import Decoder, Encoder
+from pyro_vae.models.vae import VAE, vae_parts
 
 
 class VampVAE(VAE):
@@ -69,9 +69,5 @@ def vamp(
     beta: float = 1.0,
 ) -> VampVAE:
     """The ``vamp`` model: the VAE's networks and ``pseudo_inputs`` pseudo-inputs."""
-    c = config
-    lik = make_likelihood(c.likelihood, event_shape, **c.likelihood_options())
-    encoder, decoder = make_networks(
-        c.arch, event_shape, lik.param_shape, c.latent_dim, c.hidden, c.activation
-    )
-    return VampVAE(encoder, decoder, lik, pseudo_inputs=c.pseudo_inputs, beta=beta)
+    encoder, decoder, lik = vae_parts(event_shape, config)
+    return VampVAE(encoder, decoder, lik, pseudo_inputs=config.pseudo_inputs, beta=beta)
