@@ -40,6 +40,8 @@ import torch
 from pyro import poutine
 from pyro.infer.elbo import ELBO
 from torch.distributions import kl_divergence
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from tqdm.auto import tqdm
 
 from pyro_vae.eval.noise import STREAM_ELBO, CounterNoise
@@ -49,8 +51,6 @@ from pyro_vae.models.protocol import base_distribution, check_inputs, check_shap
 
 #: Default memory budget for one chunk of particles x datapoints.
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
-#: Bytes per (particle x datapoint) are an estimate; this factor keeps the budget honest.
-SAFETY_FACTOR = 3
 
 
 def _stand_in(model, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tuple]:
@@ -60,46 +60,50 @@ def _stand_in(model, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tupl
     return ref.new_zeros(1, *model.event_shape), tuple(t[:1] for t in inputs)
 
 
+class _Allocations(TorchDispatchMode):
+    """Counts the bytes of every new tensor the operations under it allocate (views and
+    in-place results, which share an input's storage, are not new)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in given:
+                self.bytes += t.untyped_storage().nbytes()
+        return out
+
+
 def bytes_per_pair(model, inputs: Sequence[torch.Tensor] = ()) -> int:
     """Estimated peak bytes of one (particle x datapoint) pair in the importance sampler.
 
-    ``itemsize x (the module activations one more particle adds + 4 D for the likelihood's
-    log density temporaries + 6 L for the latents, log q and log p) x SAFETY_FACTOR``. The
-    activations are measured with hooks on every leaf module, as the difference between the
-    log weights of 3 and of 2 particles of one datapoint, so work done once per call (the
-    encoder's pass over the data, a VampPrior's over its pseudo-inputs) is not counted per
-    pair and a custom model is measured, not guessed. Under ``no_grad`` this over-counts
-    (layers are freed as they go): a budget is an upper bound, not a target.
+    Every tensor that the log weights of one datapoint allocate is counted (whatever op made
+    it: a network layer, a likelihood's log density, a mixture prior's per-component terms), as
+    the difference between 3 and 2 particles, so work done once per call (the encoder's pass
+    over the data, a VampPrior's over its pseudo-inputs) is not counted per pair and any model
+    is measured, not guessed. Under ``no_grad`` most of these are freed as the next op runs,
+    so the sum over-counts: a budget is an upper bound, not a target.
 
     :param inputs: the extra inputs of a conditional model (their first row is used).
     """
     ref = next(model.parameters())
     x, ins = _stand_in(model, inputs)
-    numel = [0]
-
-    def hook(module, args, output):
-        if isinstance(output, torch.Tensor):
-            numel[0] += output.numel()
-
-    leaves = [m for m in model.modules() if not list(m.children())]
     counts = []
     with evaluation_mode(model), pyro.validation_enabled(False):
         with torch.random.fork_rng(devices=[ref.device] if ref.is_cuda else []):
-            handles = [m.register_forward_hook(hook) for m in leaves]
-            try:
-                for k in (2, 3):
-                    numel[0] = 0
-                    est = ImportanceWeightedELBO(alpha=0.0, num_particles=k)
-                    log_w, _ = est.log_weights(model.model, model.guide, x, *ins)  # (k, 1)
-                    counts.append(numel[0])
-            finally:
-                for h in handles:
-                    h.remove()
-            guide_tr = poutine.trace(model.guide).get_trace(x, *ins)
-    latent = sum(math.prod(s["fn"].event_shape) for s in latent_sites(guide_tr))
-    per_particle = max(0, counts[1] - counts[0])
-    dims = math.prod(model.event_shape)
-    return int((per_particle + 4 * dims + 6 * latent) * ref.element_size() * SAFETY_FACTOR)
+            for k in (2, 3):
+                est = ImportanceWeightedELBO(alpha=0.0, num_particles=k)
+                with _Allocations() as allocated:
+                    est.log_weights(model.model, model.guide, x, *ins)  # (k, 1)
+                counts.append(allocated.bytes)
+    return max(ref.element_size(), counts[1] - counts[0])
 
 
 def choose_chunks(
