@@ -145,15 +145,7 @@ def fit(
         test, test_inputs = None, ()
     else:
         test, test_inputs = test.to(device), tuple(t.to(device) for t in test_inputs)
-    check_sizes(train, cfg.batch_size)
-    check_data(model, train, preprocess, "training", train_inputs)
-    if test is not None:
-        check_data(model, test, preprocess, "test", test_inputs)
-    traced = probe(model, *_first_two(train, train_inputs, preprocess))  # one traced pass
-    why = None if traced is None else estimator_refusal(cfg.estimator, *traced)
-    if why is not None:
-        raise ValueError(why)
-    held_out, how = heldout_choice(traced)
+    held_out, how = _preflight(model, cfg, preprocess, train, train_inputs, test, test_inputs)
 
     schedule = Schedule.of(len(train), cfg)
     step = TrainStep(model, cfg, device)
@@ -177,6 +169,26 @@ def fit(
         write_pictures(model, x, checkpoints.run_dir, state.metrics, preprocess=preprocess,
                        inputs=inputs)  # fmt: skip
     return TrainResult(model, checkpoints.run_dir, state.metrics, state.best, step.loss.mode, how)
+
+
+def _preflight(
+    model, cfg: TrainConfig, preprocess: Preprocess, train, train_inputs, test, test_inputs
+) -> tuple[ELBO, str]:
+    """Before the first step: the sizes, every datapoint against the model's support, the
+    estimator against the model (one traced pass of two datapoints), and the estimator of the
+    held-out ELBO with how it takes the KL.
+
+    :raises ValueError: naming what does not fit and what to do.
+    """
+    check_sizes(train, cfg.batch_size)
+    check_data(model, train, preprocess, "training", train_inputs)
+    if test is not None:
+        check_data(model, test, preprocess, "test", test_inputs)
+    traced = probe(model, *_first_two(train, train_inputs, preprocess))
+    why = None if traced is None else estimator_refusal(cfg.estimator, *traced)
+    if why is not None:
+        raise ValueError(why)
+    return heldout_choice(traced)
 
 
 def _first_two(
