@@ -1,13 +1,16 @@
 """pyro-vae: variational autoencoders written as Pyro programs.
 
-The generative model and the guide are Pyro programs (:class:`VAE`); the likelihood is
-swappable (:data:`LIKELIHOODS`); a Pyro ELBO estimator (:data:`ESTIMATORS`) turns them into the
-loss; :func:`fit` is the one training loop.
+The generative model and the guide are Pyro programs: any model of
+:mod:`pyro_vae.models.protocol` (the :class:`VAE` and the other built-ins of :data:`MODELS`, or
+your own :class:`LatentModel`). The likelihood is swappable (:data:`LIKELIHOODS`); a Pyro ELBO
+estimator (:data:`ESTIMATORS`) turns model and guide into the loss; :func:`fit` is the one
+training loop.
 
 The package is layered, each layer importing only those above it in this list:
-:mod:`~pyro_vae.registry` and :mod:`~pyro_vae.validation`; :mod:`~pyro_vae.models`,
-:mod:`~pyro_vae.infer` and :mod:`~pyro_vae.data`; :mod:`~pyro_vae.config`;
-:mod:`~pyro_vae.eval`; :mod:`~pyro_vae.train`; :mod:`~pyro_vae.runs`; :mod:`~pyro_vae.apps`.
+:mod:`~pyro_vae.registry` and :mod:`~pyro_vae.validation`; :mod:`~pyro_vae.fields`;
+:mod:`~pyro_vae.models`, :mod:`~pyro_vae.infer` and :mod:`~pyro_vae.data`;
+:mod:`~pyro_vae.config`; :mod:`~pyro_vae.eval`; :mod:`~pyro_vae.train`; :mod:`~pyro_vae.runs`;
+:mod:`~pyro_vae.apps`.
 """
 
 from pyro_vae.apps.evaluate import evaluate_run
@@ -23,15 +26,18 @@ from pyro_vae.infer import (
 )
 from pyro_vae.models import (
     LIKELIHOODS,
+    MODELS,
     VAE,
     ConvDecoder,
     ConvEncoder,
     DataSupportError,
     Decoder,
     Encoder,
+    LatentModel,
     Likelihood,
     MLPDecoder,
     MLPEncoder,
+    build_model,
     build_vae,
     make_likelihood,
 )
@@ -58,6 +64,8 @@ __all__ = [
     "ESTIMATORS",
     "Encoder",
     "ImportanceWeightedELBO",
+    "LatentModel",
+    "MODELS",
     "LIKELIHOODS",
     "Likelihood",
     "MLPDecoder",
@@ -73,6 +81,7 @@ __all__ = [
     "TrainingInterrupted",
     "UnknownNameError",
     "VAE",
+    "build_model",
     "build_vae",
     "evaluate_elbo",
     "evaluate_run",
