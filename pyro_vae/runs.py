@@ -55,21 +55,11 @@ def resolve_data(cfg: RunConfig) -> tuple[DataSplit, Preprocess, RunConfig]:
 
 
 def model_inputs(model, split: DataSplit) -> tuple[tuple, tuple]:
-    """The extra inputs a model takes (``model.inputs``) from a split: ``(train, test)``.
-
-    :raises ValueError: an input the data do not provide.
-    """
-    train, test = [], []
-    for name in inputs_of(model):
-        if name != "labels" or split.train_labels is None:
-            raise ValueError(
-                f"the model takes the input {name!r}, which {split.name} does not provide "
-                f"(a dataset provides its labels, when it has them)"
-            )
-        train.append(split.train_labels)
-        none = split.train_labels[:0]
-        test.append(split.test_labels if split.test_labels is not None else none)
-    return tuple(train), tuple(test)
+    """The extra inputs a model takes (``model.inputs``) from a split: ``(train, test)``."""
+    test = split.test_labels
+    if test is None and split.train_labels is not None:
+        test = split.train_labels[:0]
+    return inputs_for(model, split.train_labels, split.name), inputs_for(model, test, split.name)
 
 
 def run_training(
@@ -148,9 +138,19 @@ def evaluation_data(run_dir: str | Path, split: str = "test", seed: int = 0):
     return x, labels, data.label_names, cfg
 
 
-def inputs_for(model, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-    """The extra inputs of ``model`` for data with these labels (``()`` for most models)."""
-    names = inputs_of(model)
-    if names and labels is None:
-        raise ValueError(f"the model takes {', '.join(names)}, and these data have no labels")
-    return tuple(labels for _ in names)
+def inputs_for(
+    model, labels: torch.Tensor | None, what: str = "these data"
+) -> tuple[torch.Tensor, ...]:
+    """The extra inputs of ``model`` (``model.inputs``) for data with these labels: ``()`` for
+    most models, the labels for a conditional one.
+
+    :raises ValueError: an input the data do not provide (a dataset provides its labels,
+        when it has them).
+    """
+    for name in inputs_of(model):
+        if name != "labels" or labels is None:
+            raise ValueError(
+                f"the model takes the input {name!r}, which {what} do not provide (a dataset "
+                f"provides its labels, when it has them)"
+            )
+    return tuple(labels for _ in inputs_of(model))

@@ -55,9 +55,10 @@ from pyro_vae.config import (
 )
 from pyro_vae.eval import gradient_snr, importance_log_px
 from pyro_vae.eval.gradients import plot_snr, snr_noise_floor, snr_table
+from pyro_vae.infer import estimator_refusal
 from pyro_vae.models import LabelInfo, build_model
 from pyro_vae.runs import evaluation_data, inputs_for, model_inputs, resolve_data, run_training
-from pyro_vae.train.checks import check_estimator
+from pyro_vae.train.checks import probe
 from pyro_vae.train.rundir import atomic_write_text, default_run_dir, prepare
 
 #: the estimators with one particle, then the importance-weighted ones at every K
@@ -248,7 +249,7 @@ def plot_learning_curves(runs: Sequence[RunSummary]):
 def refusals(cfg: CompareConfig) -> dict[str, str]:
     """``{estimator: why}`` for the compared estimators that do not apply to the model (a flow
     guide for stl and dreg, sites out of order for meanfield): one model built on the first
-    seed's data, one traced batch each."""
+    seed's data, one traced batch."""
     run = cfg.run_config("elbo", 1, cfg.seeds[0])
     split, pre, run = resolve_data(run)
     labels = LabelInfo.of(split.train_labels, split.test_labels)
@@ -256,13 +257,11 @@ def refusals(cfg: CompareConfig) -> dict[str, str]:
     train_inputs, _ = model_inputs(model, split)
     with torch.random.fork_rng(devices=[]):
         x = pre(split.train[:2])
-    out = {}
-    for est in dict.fromkeys(e for e, _ in cfg.runs()):
-        try:
-            check_estimator(est, model, x, tuple(t[:2] for t in train_inputs))
-        except ValueError as e:
-            out[est] = str(e)
-    return out
+    traced = probe(model, x, train_inputs)
+    if traced is None:  # invalid parameters: the first run names the fault
+        return {}
+    reasons = {est: estimator_refusal(est, *traced) for est, _ in cfg.runs()}
+    return {est: why for est, why in reasons.items() if why is not None}
 
 
 def run_comparison(config: CompareConfig, out: str | Path | None = None) -> Comparison:

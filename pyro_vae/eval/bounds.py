@@ -249,6 +249,7 @@ def importance_log_px(
                     particle_offset=k0,
                     num_particles=k1 - k0,
                     particle_dim=-est.max_plate_nesting if k1 - k0 > 1 else None,
+                    data_plate=data_plate_of(vae),
                 )
                 log_w, _ = est.log_weights(vae.model, noise(vae.guide), xb, *ib)  # (k, b)
                 log_w = log_w.to(torch.float64)

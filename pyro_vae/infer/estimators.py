@@ -489,7 +489,9 @@ def path_derivative_refusal(guide_trace, model_trace) -> str | None:
         log_q = site["fn"].log_prob(site["value"].detach()).sum()
         if not earlier or not log_q.requires_grad:
             continue
-        grads = torch.autograd.grad(log_q, [s["value"] for s in earlier], allow_unused=True)
+        values = [s["value"] for s in earlier]
+        # the traces stay readable for the next requirement (one probe serves them all)
+        grads = torch.autograd.grad(log_q, values, allow_unused=True, retain_graph=True)
         for s, g in zip(earlier, grads):
             if g is not None:
                 return (

@@ -50,7 +50,7 @@ from pyro.poutine.runtime import _PYRO_STACK, effectful
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch import nn
-from torch.distributions import Independent, TransformedDistribution
+from torch.distributions import Independent
 
 #: the plate over datapoints, unless a model names another (``model.data_plate``)
 DATA_PLATE = "data"
@@ -146,12 +146,6 @@ def traces(model, x: torch.Tensor, *inputs: torch.Tensor) -> tuple[Trace, Trace]
     return guide_tr, model_tr
 
 
-def flat_event(value: torch.Tensor, fn) -> torch.Tensor:
-    """``value`` with its event dimensions flattened into one: ``(*batch, prod(event))``."""
-    event = tuple(fn.event_shape)
-    return value.reshape(*value.shape[: value.dim() - len(event)], -1)
-
-
 def site_mean(fn, particles: int = MEAN_PARTICLES) -> torch.Tensor:
     """The mean of a site's distribution; a particle mean where it has none in closed form
     (a flow, a mixture), shaped like one draw."""
@@ -170,33 +164,24 @@ def base_distribution(fn):
     return fn
 
 
-def is_transformed(fn) -> bool:
-    return isinstance(base_distribution(fn), TransformedDistribution)
-
-
 class LatentValues(Messenger):
     """Sets each latent site of a program to a given value, or else to its distribution's
     mean (:func:`site_mean`), as the program goes: later sites see the values of earlier
     ones. Observed sites keep their data.
 
     :param values: ``{site name: value}`` for the sites to set.
-    :param means: set the other latent sites to their means (else they are sampled).
     """
 
-    def __init__(self, values: dict[str, torch.Tensor] | None = None, means: bool = True):
+    def __init__(self, values: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.values = dict(values or {})
-        self.means = means
 
     def _pyro_sample(self, msg) -> None:
         if msg["is_observed"] or msg["done"] or site_is_subsample(msg):
             return
-        if msg["name"] in self.values:
-            value = self.values[msg["name"]]
-        elif self.means:
+        value = self.values.get(msg["name"])
+        if value is None:
             value = site_mean(msg["fn"])
-        else:
-            return
         msg["value"] = value.expand(msg["fn"].shape()) if value.dim() else value
         msg["done"] = True
 

@@ -1,5 +1,5 @@
 """Checks before the first step: the data's sizes, every datapoint against the support of the
-model's observation distribution, and the estimator against the model."""
+model's observation distribution, and the traced probe the estimator is checked on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 import torch
 from pyro import poutine
 
-from pyro_vae.infer import estimator_refusal
 from pyro_vae.models import DataSupportError, evaluation_mode, observed_sites, traces
 from pyro_vae.models.likelihoods import check_finite
 from pyro_vae.models.protocol import base_distribution, check_inputs, check_shape
@@ -98,23 +97,11 @@ def _check_site(site: dict, what: str, offset: int) -> None:
         )
 
 
-def check_estimator(name: str, model, x: torch.Tensor, inputs: Sequence[torch.Tensor] = ()) -> None:
-    """Refuse, before the first step, an estimator that does not apply to the model (a flow
-    guide for ``stl``, sites out of order for ``meanfield``, ...): one traced pass of a few
-    datapoints, under a forked RNG (:func:`probe`).
-
-    :raises ValueError: naming the site and the estimator to use instead.
-    """
-    traced = probe(model, x, inputs)
-    why = None if traced is None else estimator_refusal(name, *traced)
-    if why is not None:
-        raise ValueError(why)
-
-
 def probe(model, x: torch.Tensor, inputs: Sequence[torch.Tensor] = ()):
     """``(guide_trace, model_trace)`` of the first two datapoints, in evaluation mode (autograd
     on, so that a requirement can read how the sites depend on each other) under a forked RNG;
-    ``None`` if validation refuses a distribution parameter (the first step names it)."""
+    ``None`` if validation refuses a distribution parameter (the first step names it). What
+    :func:`~pyro_vae.infer.estimator_refusal` reads to refuse an estimator before step 1."""
     devices = [x.device] if x.is_cuda else []
     with evaluation_mode(model, grad=True), torch.random.fork_rng(devices=devices):
         return _traced_or_none(traces, model, x[:2], *(t[:2] for t in inputs))
