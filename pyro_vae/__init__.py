@@ -11,86 +11,74 @@ The package is layered, each layer importing only those above it in this list:
 :mod:`~pyro_vae.models`, :mod:`~pyro_vae.infer` and :mod:`~pyro_vae.data`;
 :mod:`~pyro_vae.config`; :mod:`~pyro_vae.eval`; :mod:`~pyro_vae.train`; :mod:`~pyro_vae.runs`;
 :mod:`~pyro_vae.apps`.
+
+Importing the package is cheap: each name below is imported from its module on first use
+(PEP 562), so the command line can catch a stop signal during the seconds torch takes to
+import (:mod:`pyro_vae.apps.launch`).
 """
 
-from pyro_vae.apps.evaluate import evaluate_run
-from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from pyro_vae.data import DataSplit, Preprocess, load_data
-from pyro_vae.eval import evaluate_elbo, gradient_snr, importance_log_px
-from pyro_vae.infer import (
-    ESTIMATORS,
-    DReGELBO,
-    ImportanceWeightedELBO,
-    StickingTheLandingELBO,
-    make_estimator,
-)
-from pyro_vae.models import (
-    LIKELIHOODS,
-    MODELS,
-    VAE,
-    ConvDecoder,
-    ConvEncoder,
-    DataSupportError,
-    Decoder,
-    Encoder,
-    LatentModel,
-    Likelihood,
-    MLPDecoder,
-    MLPEncoder,
-    build_model,
-    build_vae,
-    make_likelihood,
-)
-from pyro_vae.registry import UnknownNameError
-from pyro_vae.runs import load_run, run_training
-from pyro_vae.train import (
-    NonFiniteLossError,
-    RunDirectoryError,
-    TrainingInterrupted,
-    TrainResult,
-    fit,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ConvDecoder",
-    "ConvEncoder",
-    "DReGELBO",
-    "DataConfig",
-    "DataSplit",
-    "DataSupportError",
-    "Decoder",
-    "ESTIMATORS",
-    "Encoder",
-    "ImportanceWeightedELBO",
-    "LatentModel",
-    "MODELS",
-    "LIKELIHOODS",
-    "Likelihood",
-    "MLPDecoder",
-    "MLPEncoder",
-    "ModelConfig",
-    "NonFiniteLossError",
-    "Preprocess",
-    "RunConfig",
-    "RunDirectoryError",
-    "StickingTheLandingELBO",
-    "TrainConfig",
-    "TrainResult",
-    "TrainingInterrupted",
-    "UnknownNameError",
-    "VAE",
-    "build_model",
-    "build_vae",
-    "evaluate_elbo",
-    "evaluate_run",
-    "fit",
-    "gradient_snr",
-    "importance_log_px",
-    "load_data",
-    "load_run",
-    "make_estimator",
-    "make_likelihood",
-    "run_training",
-]
+#: the public names, and the module each comes from
+_EXPORTS = {
+    "build_model": "pyro_vae.models",
+    "build_vae": "pyro_vae.models",
+    "ConvDecoder": "pyro_vae.models",
+    "ConvEncoder": "pyro_vae.models",
+    "DataConfig": "pyro_vae.config",
+    "DataSplit": "pyro_vae.data",
+    "DataSupportError": "pyro_vae.models",
+    "Decoder": "pyro_vae.models",
+    "DReGELBO": "pyro_vae.infer",
+    "Encoder": "pyro_vae.models",
+    "ESTIMATORS": "pyro_vae.infer",
+    "evaluate_elbo": "pyro_vae.eval",
+    "evaluate_run": "pyro_vae.apps.evaluate",
+    "fit": "pyro_vae.train",
+    "gradient_snr": "pyro_vae.eval",
+    "importance_log_px": "pyro_vae.eval",
+    "ImportanceWeightedELBO": "pyro_vae.infer",
+    "LatentModel": "pyro_vae.models",
+    "Likelihood": "pyro_vae.models",
+    "LIKELIHOODS": "pyro_vae.models",
+    "load_data": "pyro_vae.data",
+    "load_run": "pyro_vae.runs",
+    "make_estimator": "pyro_vae.infer",
+    "make_likelihood": "pyro_vae.models",
+    "MLPDecoder": "pyro_vae.models",
+    "MLPEncoder": "pyro_vae.models",
+    "ModelConfig": "pyro_vae.config",
+    "MODELS": "pyro_vae.models",
+    "NonFiniteLossError": "pyro_vae.train",
+    "Preprocess": "pyro_vae.data",
+    "run_training": "pyro_vae.runs",
+    "RunConfig": "pyro_vae.config",
+    "RunDirectoryError": "pyro_vae.train",
+    "StickingTheLandingELBO": "pyro_vae.infer",
+    "TrainConfig": "pyro_vae.config",
+    "TrainingInterrupted": "pyro_vae.train",
+    "TrainResult": "pyro_vae.train",
+    "UnknownNameError": "pyro_vae.registry",
+    "VAE": "pyro_vae.models",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyro_vae' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+

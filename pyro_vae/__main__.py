@@ -2,6 +2,6 @@
 
 import sys
 
-from pyro_vae.apps.cli import main
+from pyro_vae.apps.launch import main
 
 sys.exit(main())

@@ -9,6 +9,7 @@ command-line flags, flat TOML keys and ``config.json`` come from them
 
 from __future__ import annotations
 
+import math
 from dataclasses import field
 from typing import Any
 
@@ -42,9 +43,17 @@ def section(factory) -> Any:
 
 
 def at_least(name: str, value: float, low: float, strict: bool = False) -> None:
-    """Refuse ``value`` below ``low`` (or equal, when ``strict``), naming it ``name``."""
-    if value is None or (value <= low if strict else value < low):
+    """Refuse ``value`` below ``low`` (or equal, when ``strict``), and NaN or an infinity,
+    naming it ``name``."""
+    finite(name, value)
+    if value <= low if strict else value < low:
         raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
+
+
+def finite(name: str, value: float) -> None:
+    """Refuse ``None``, NaN and infinities, naming the setting ``name``."""
+    if value is None or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
 
 
 def ints(value) -> tuple[int, ...]:

@@ -17,10 +17,10 @@ import pyro
 import torch
 
 from pyro_vae.config import DataConfig, RunConfig
-from pyro_vae.data import DataSplit, Preprocess, load_data
+from pyro_vae.data import DataSplit, Preprocess, canonical_source, load_data
 from pyro_vae.models import LabelInfo, build_model, inputs_of
 from pyro_vae.registry import Registry
-from pyro_vae.train import TrainResult, fit, load_checkpoint, rundir
+from pyro_vae.train import CheckpointError, TrainResult, fit, load_checkpoint, rundir
 
 #: the splits of a run that can be evaluated
 SPLITS: Registry[None] = Registry.of("split", ("test", "train"))
@@ -38,6 +38,7 @@ def load_split(data: DataConfig, seed: int) -> DataSplit:
         seed=seed,
         num_shapes=data.num_shapes,
         download=data.download,
+        layout=data.layout,
     )
 
 
@@ -50,6 +51,7 @@ def resolve_data(cfg: RunConfig) -> tuple[DataSplit, Preprocess, RunConfig]:
     """
     split = load_split(cfg.data, cfg.train.seed)
     resolved = cfg.data.resolved(cfg.model.likelihood, split.is_8bit)
+    resolved = dataclasses.replace(resolved, dataset=canonical_source(cfg.data.dataset))
     pre = Preprocess(resolved.binarize, resolved.dequantize, cfg.train.seed)
     return pre.prepare(split), pre, dataclasses.replace(cfg, data=resolved)
 
@@ -73,6 +75,7 @@ def run_training(
     """
     pyro.set_rng_seed(cfg.train.seed)
     split, pre, cfg = resolve_data(cfg)
+    fingerprint = split.fingerprint()
     labels = LabelInfo.of(split.train_labels, split.test_labels)
     model = build_model(cfg.model, split.event_shape, labels=labels, beta=cfg.train.beta)
     train_inputs, test_inputs = model_inputs(model, split)
@@ -83,6 +86,7 @@ def run_training(
         "event_shape": list(split.event_shape),
         "num_train": len(split.train),
         "num_test": len(split.test),
+        "data_fingerprint": fingerprint,
         "labels": None if labels is None else labels.to_dict(),
         "environment": rundir.environment(),
     }
@@ -108,6 +112,13 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu"):
     CHECKPOINTS.check(which)
     run_dir = Path(run_dir)
     config = rundir.read_config(run_dir)
+    if not (run_dir / f"{which}.pt").is_file():
+        other = "checkpoint" if which == "best" else "best"
+        hint = f"; --which {other} reads {other}.pt" if (run_dir / f"{other}.pt").is_file() else ""
+        raise CheckpointError(
+            f"{run_dir} has no {which}.pt (a run writes best.pt after its first epoch, "
+            f"checkpoint.pt before its first step){hint}"
+        )
     labels = LabelInfo.from_dict(config.get("labels"))
     model = build_model(RunConfig.from_dict(config).model, config["event_shape"], labels=labels)
     load_checkpoint(run_dir / f"{which}.pt", model, expected_config=config, device=device)
@@ -127,7 +138,9 @@ def evaluation_data(run_dir: str | Path, split: str = "test", seed: int = 0):
         ``labels`` are also a conditional model's input.
     """
     SPLITS.check(split)
-    data, pre, cfg = resolve_data(run_config(run_dir))
+    config = rundir.read_config(run_dir)
+    data, pre, cfg = resolve_data(RunConfig.from_dict(config))
+    check_same_data(config, data)
     raw = data.test if split == "test" else data.train
     labels = data.test_labels if split == "test" else data.train_labels
     if len(raw) == 0:
@@ -136,6 +149,22 @@ def evaluation_data(run_dir: str | Path, split: str = "test", seed: int = 0):
         torch.manual_seed(seed)
         x = pre(raw.cpu())  # (N, *event_shape)
     return x, labels, data.label_names, cfg
+
+
+def check_same_data(config: dict, split: DataSplit) -> None:
+    """Refuse data other than those the run of ``config`` (its ``config.json``) was trained
+    on: the fingerprint of the split (:meth:`~pyro_vae.data.DataSplit.fingerprint`), as it
+    is loaded now, must equal the recorded one (runs from before fingerprints pass).
+
+    :raises ValueError: the data changed (a file overwritten, a folder refilled).
+    """
+    recorded = config.get("data_fingerprint")
+    if recorded is not None and recorded != split.fingerprint():
+        raise ValueError(
+            f"the data of {config['data']['dataset']} are not those this run was trained on "
+            f"(their fingerprint differs: the file was overwritten or changed since); "
+            f"evaluating would score other data. Restore the data, or train a new run"
+        )
 
 
 def inputs_for(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import re
 
+import numpy as np
 import pyro
 
 
@@ -50,3 +51,10 @@ def validation_refusal(error: BaseException | None) -> str | None:
             return constraint_text(error)
         error = error.__cause__ or error.__context__
     return None
+
+
+def shortest(value: float) -> str:
+    """``value`` (a float32 datum) with the fewest digits that tell it apart from every other
+    float32: ``1.0000001`` is not shown as ``1``, so a message about a bound never contradicts
+    itself."""
+    return str(np.float32(value))

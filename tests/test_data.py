@@ -118,28 +118,54 @@ def test_make_shapes_content():
     x, y, names = make_shapes(n, seed=0, size=size)
     assert x.dtype == np.uint8 and x.shape == (n, 1, size, size)
     assert y.dtype == np.float32 and y.shape == (n, len(FACTOR_NAMES))
-    assert names == list(FACTOR_NAMES)
-    # Genuinely grey-scale: many levels, soft edges between background and shape.
-    assert len(np.unique(x)) > 100
-    soft = (x > 0) & (x < x.reshape(n, -1).max(axis=1)[:, None, None, None])
-    assert soft.reshape(n, -1).any(axis=1).all()
-    # Background is 0 and most pixels are background.
-    assert (x == 0).mean() > 0.5
+    assert names == list(FACTOR_NAMES) == ["class", "x", "y", "scale", "rotation"]
     # Every class is present and labels lie in their documented ranges.
     cls = y[:, 0]
     np.testing.assert_array_equal(np.unique(cls), np.arange(len(SHAPE_CLASSES)))
     assert np.all((y[:, 1:3] >= 0) & (y[:, 1:3] <= 1))
-    assert np.all((y[:, 3] >= 0.5) & (y[:, 3] <= 1))
+    assert np.all((y[:, 3] >= 0.6) & (y[:, 3] <= 1))
     assert np.all((y[:, 4] >= 0) & (y[:, 4] < 2 * math.pi))
-    assert np.all((y[:, 5] >= 0.5) & (y[:, 5] <= 1))
     # Shapes stay inside the frame: the one-pixel border is black everywhere.
     border = np.concatenate([x[:, 0, 0, :], x[:, 0, -1, :], x[:, 0, :, 0], x[:, 0, :, -1]], axis=1)
     assert border.max() == 0
-    # The brightest pixel of every image is a fully covered one at the shape's intensity.
-    np.testing.assert_array_equal(x.reshape(n, -1).max(axis=1), np.rint(255 * y[:, 5]))
     # Bigger shapes cover more pixels.
     area = (x > 0).reshape(n, -1).sum(axis=1)
     assert np.corrcoef(area, y[:, 3])[0, 1] > 0.8
+
+
+def test_make_shapes_are_white_and_large_enough_to_see():
+    """White shapes (a fully covered pixel is 255) with a one-pixel anti-aliased outline, so
+    that dynamic binarization keeps the shape: the smallest covers dozens of pixels."""
+    n = 1000
+    x, y, _ = make_shapes(n, seed=0)
+    flat = x.reshape(n, -1).astype(np.float64) / 255
+    assert np.all(flat.max(axis=1) == 1.0)  # every shape has fully covered pixels at 255
+    # 8-bit grey levels on the one-pixel outline; the inside is fully on
+    lit = (flat > 0).sum(axis=1)
+    assert np.median((flat == 1).sum(axis=1) / lit) > 0.6
+    assert len(np.unique(x)) > 100
+    # what a Bernoulli draw keeps: its expected "on" pixels, mostly inside the shape
+    on = flat.sum(axis=1)
+    assert np.all(on >= 40)
+    assert np.all((flat == 1).sum(axis=1) / on > 0.6)
+    assert (flat > 0.5).mean() > 0.12  # the old grey, small shapes: 6% of pixels
+
+
+def test_make_shapes_rotation_turns_the_shape():
+    """The rotation factor turns the shape about its centre: the principal axis of an ellipse
+    (the one class with a single axis of length) follows the rotation, modulo pi."""
+    x, y, _ = make_shapes(3000, seed=4)
+    ellipses = y[:, 0] == SHAPE_CLASSES.index("ellipse")
+    rows, cols = np.mgrid[0:28, 0:28]
+    errors = []
+    for image, rotation in zip(x[ellipses, 0].astype(np.float64), y[ellipses, 4]):
+        w = image / image.sum()
+        u, v = cols - (w * cols).sum(), (w * rows).sum() - rows  # v upward, as the rotation
+        cov = [[(w * u * u).sum(), (w * u * v).sum()], [(w * u * v).sum(), (w * v * v).sum()]]
+        evals, evecs = np.linalg.eigh(cov)
+        angle = math.atan2(evecs[1, 1], evecs[0, 1])  # the longer axis
+        errors.append(abs((angle - rotation + math.pi / 2) % math.pi - math.pi / 2))
+    assert len(errors) > 400 and np.median(errors) < 0.15
 
 
 def test_make_shapes_position_factor_moves_the_shape():
@@ -176,7 +202,7 @@ def test_load_shapes_split():
     assert split.name == "shapes"
     assert split.train.shape == (300, 1, 28, 28) and split.test.shape == (50, 1, 28, 28)
     assert split.is_8bit and split.event_shape == torch.Size([1, 28, 28])
-    assert split.train_labels.shape == (300, 6) and split.test_labels.shape == (50, 6)
+    assert split.train_labels.shape == (300, 5) and split.test_labels.shape == (50, 5)
     assert split.label_names == FACTOR_NAMES
     # The test set is its own stream: it does not change with the training size.
     other = load_data("shapes", num_shapes=100, test_size=50, seed=2)
@@ -300,7 +326,9 @@ def test_npy_layouts(tmp_path):
 
     chw = rng.random((10, 3, 4, 4)).astype(np.float64)
     np.save(tmp_path / "b.npy", chw)
-    split = load_data(str(tmp_path / "b.npy"), test_size=2)
+    with pytest.raises(DataFormatError, match="reads as 3 channels of 4x4"):  # or 4 of 3x4
+        load_data(str(tmp_path / "b.npy"), test_size=2)
+    split = load_data(str(tmp_path / "b.npy"), test_size=2, layout="channels-first")
     assert split.train.dtype == torch.float32 and split.event_shape == torch.Size([3, 4, 4])
     both = torch.cat([split.train, split.test]).numpy()
     assert np.allclose(np.sort(both.ravel()), np.sort(chw.astype(np.float32).ravel()))
@@ -423,7 +451,8 @@ def test_property_any_valid_array_loads_with_the_right_event_shape(data):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "x.npy"
         np.save(path, arr)
-        split = load_data(path, test_size=1, seed=0)
+        # an (N, C, H, W) array stated so (auto refuses those that also read as (N, H, W, C))
+        split = load_data(path, test_size=1, seed=0, layout="channels-first")
 
     expected_event = (1, *shape[1:]) if ndim == 3 else shape[1:]
     assert split.event_shape == torch.Size(expected_event)
@@ -585,6 +614,18 @@ def test_dequantization_clamps_the_float32_rounding_edge(monkeypatch):
     y = batch_transform(levels, binarize="none", dequantize=True)
     assert bool((y < (levels.float() + 1) / 256).all())
     assert float(y[0, 0]) > 255 / 256
+
+
+def test_dequantized_levels_lie_strictly_inside_the_unit_interval(monkeypatch):
+    # u = 0 (torch.rand can return it) would put level 0 at exactly 0, outside a Beta's support
+    levels = torch.tensor([[0, 1, 255]], dtype=torch.uint8)
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.zeros(shape, **kw))
+    for dtype in (torch.float32, torch.float64):
+        y = batch_transform(levels, binarize="none", dequantize=True, dtype=dtype)
+        eps = torch.finfo(dtype).eps
+        assert float(y[0, 0]) == eps / 256  # u is at least epsilon: just inside level 0's bin
+        assert bool((y > 0).all()) and bool((y < 1).all())
+        assert bool((y >= levels.to(dtype) / 256).all())
 
 
 def test_no_binarization_scales_8bit_levels():

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
 #: the layers, top (imported by all) to bottom (imports all); within a layer, a package imports
 #: only itself
 LAYERS = [
-    {"registry", "validation"},
+    {"registry", "validation", "files", "signals"},
     {"fields"},
     {"models", "infer", "data"},
     {"config"},
@@ -76,11 +76,18 @@ def test_each_module_imports_only_the_layers_above_it(path):
         )
 
 
+#: the one deliberate function-level import: the entry point imports the command line inside
+#: main(), after installing the stop-signal handlers, so that a Ctrl-C or SIGTERM during the
+#: seconds of imports is caught (tests/test_reliability.py tests it)
+DEFERRED = {("apps/launch.py", "apps")}
+
+
 def test_no_function_imports_pyro_vae():
     found = [
         f"{path.relative_to(PACKAGE)}:{line}"
         for path in MODULES
-        for line, _ in _imports(ast.parse(path.read_text()), module_level=False)
+        for line, unit in _imports(ast.parse(path.read_text()), module_level=False)
+        if (str(path.relative_to(PACKAGE)), unit) not in DEFERRED
     ]
     assert not found, found
 

@@ -25,8 +25,16 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from cli_runs import (
+    ONE_THREAD,
+    files,
+    flat_args,
+    pyro_vae_process,
+    run_cli,
+    temp_files,
+    wait_for,
+)
 
-from pyro_vae.apps import cli
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import Preprocess, load_data
 from pyro_vae.models import build_vae
@@ -37,8 +45,6 @@ from pyro_vae.train.rundir import RunDirectoryError
 
 SMALL = dict(latent_dim=2, hidden=(8,))
 BIN = Preprocess("dynamic")
-#: subprocesses use one intra-op thread, as the fixture below does in this process
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(autouse=True)
@@ -59,15 +65,6 @@ def _assert_same_params(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-
-
-def _files(folder: Path) -> dict:
-    """Every file's bytes and modification time: to prove nothing was written."""
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
-
-
-def _temp_files(folder: Path) -> list:
-    return sorted(p.name for p in folder.glob(".*.tmp"))
 
 
 #: the flags of a tiny run on the embedded shapes (4 steps per epoch)
@@ -93,56 +90,6 @@ class _Calls:
                 return tuple(t * self.factor for t in output)
             return output * self.factor
         return output
-
-
-def _main(argv, capsys) -> tuple[int, str]:
-    """``pyro-vae ARGV`` in this process: exit status and stderr."""
-    try:
-        rc = cli.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        rc = e.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return rc, err
-
-
-@pytest.fixture(scope="module")
-def flat_data(tmp_path_factory) -> Path:
-    """80 datapoints of 16 random 8-bit levels (Bernoulli after dynamic binarization)."""
-    path = tmp_path_factory.mktemp("data") / "flat.npy"
-    np.save(path, np.random.default_rng(0).integers(0, 256, (80, 16), dtype=np.uint8))
-    return path
-
-
-def _flat_args(data: Path, *extra) -> list:
-    return [
-        "train",
-        "--dataset",
-        data,
-        "--test-size",
-        16,
-        "--batch-size",
-        16,
-        "--latent-dim",
-        2,
-        "--hidden",
-        8,
-        "--quiet",
-        *extra,
-    ]
-
-
-@pytest.fixture(scope="module")
-def _template_run(tmp_path_factory, flat_data) -> Path:
-    run = tmp_path_factory.mktemp("template") / "run"
-    assert cli.main([str(a) for a in _flat_args(flat_data, "--epochs", 2, "--out", run)]) == 0
-    return run
-
-
-@pytest.fixture
-def finished_run(tmp_path, _template_run) -> Path:
-    """A copy of a finished 2-epoch run (64 training datapoints, 4 steps per epoch)."""
-    return Path(shutil.copytree(_template_run, tmp_path / "run"))
 
 
 # ------------------------------------------------------------------- bad data, bad settings
@@ -182,7 +129,7 @@ def test_cli_refuses_bad_data_before_training(tmp_path, monkeypatch, capsys, fla
         data = "mnsit"
     elif case == "offline":
         data, extra = "mnist", ["--data-dir", tmp_path / "nothing-here"]
-    rc, err = _main(_flat_args(data, *extra), capsys)
+    rc, err = run_cli(flat_args(data, *extra), capsys)
     assert rc == 1
     assert err.startswith("pyro-vae train: error: ")
     assert len(err.strip().splitlines()) == 1 and re.search(_BAD_DATA[case], err), err
@@ -202,7 +149,7 @@ def test_unwritable_run_directory_fails_before_training(tmp_path, capsys, flat_d
     with pytest.raises(RunDirectoryError, match="is not writable.*nothing was trained"):
         fit(vae, x, None, TrainConfig(epochs=1, batch_size=16, quiet=True), out=out)
     assert calls.calls == 0  # not a single step
-    rc, err = _main(_flat_args(flat_data, "--out", out), capsys)
+    rc, err = run_cli(flat_args(flat_data, "--out", out), capsys)
     assert rc == 1 and "is not writable" in err
 
 
@@ -219,8 +166,8 @@ def test_disk_full_stops_cleanly_keeping_the_last_checkpoint(tmp_path, monkeypat
             before.update(
                 {
                     k: v
-                    for k, v in _files(tmp_path / "run").items()
-                    if k not in _temp_files(tmp_path / "run")
+                    for k, v in files(tmp_path / "run").items()
+                    if k not in temp_files(tmp_path / "run")
                 }
             )
             f.write(b"\0" * 100)  # a part of the file made it to the disk
@@ -235,12 +182,13 @@ def test_disk_full_stops_cleanly_keeping_the_last_checkpoint(tmp_path, monkeypat
     with pytest.raises(RunDirectoryError, match="No space left on device") as info:
         fit(vae, x, None, cfg, out=tmp_path / "run")
     assert info.value.errno == errno.ENOSPC
-    assert _temp_files(tmp_path / "run") == []
-    assert _files(tmp_path / "run") == before  # the previous checkpoint untouched
     if fail_at_epoch == 0:
         assert "before training; nothing was trained" in str(info.value)
-        assert calls.calls == 0 and not (tmp_path / "run" / "checkpoint.pt").exists()
+        assert calls.calls == 0
+        assert not (tmp_path / "run").exists()  # the folder it made, and nothing in it, is gone
         return
+    assert temp_files(tmp_path / "run") == []
+    assert files(tmp_path / "run") == before  # the previous checkpoint untouched
     assert "from step 4 is kept" in str(info.value) and "--resume" in str(info.value)
     assert safe_load(tmp_path / "run" / "checkpoint.pt")["step"] == 4
     monkeypatch.undo()  # room again: resume finishes as if nothing happened
@@ -251,10 +199,10 @@ def test_disk_full_stops_cleanly_keeping_the_last_checkpoint(tmp_path, monkeypat
 
 
 def test_a_new_run_does_not_overwrite_an_existing_one(capsys, finished_run, flat_data):
-    before = _files(finished_run)
-    rc, err = _main(_flat_args(flat_data, "--out", finished_run), capsys)
+    before = files(finished_run)
+    rc, err = run_cli(flat_args(flat_data, "--out", finished_run), capsys)
     assert rc == 1 and "already holds a run" in err and f"--resume {finished_run}" in err
-    assert _files(finished_run) == before
+    assert files(finished_run) == before
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -269,24 +217,24 @@ def test_corrupt_checkpoint_is_refused_and_nothing_is_overwritten(capsys, finish
             damage
         ]
     )
-    before = _files(finished_run)
+    before = files(finished_run)
     with pytest.raises(CheckpointError, match="nothing was overwritten"):
         safe_load(path)
-    rc, err = _main(["train", "--resume", finished_run], capsys)
+    rc, err = run_cli(["train", "--resume", finished_run], capsys)
     assert rc == 1 and str(path) in err
     assert "truncated or corrupt" in err or "not a weights-only checkpoint" in err
-    assert _files(finished_run) == before
+    assert files(finished_run) == before
 
 
 def test_checkpoint_of_another_configuration_lists_the_mismatch(capsys, finished_run):
-    before = _files(finished_run)
-    rc, err = _main(
+    before = files(finished_run)
+    rc, err = run_cli(
         ["train", "--resume", finished_run, "--lr", "0.002", "--batch-size", "8"], capsys
     )
     assert rc == 1
     assert "train.batch_size: checkpoint 16, now 8" in err
     assert "train.lr: checkpoint 0.001, now 0.002" in err
-    assert _files(finished_run) == before
+    assert files(finished_run) == before
     # a checkpoint whose recorded configuration disagrees with config.json
     state = safe_load(finished_run / "best.pt")
     state["config"]["model"]["latent_dim"] = 3
@@ -340,7 +288,7 @@ def test_malicious_pickle_is_refused_and_never_run(tmp_path, capsys, finished_ru
         safe_load(path)
     with pytest.raises(CheckpointError):
         load_run(finished_run, "checkpoint")
-    rc, err = _main(["train", "--resume", finished_run], capsys)
+    rc, err = run_cli(["train", "--resume", finished_run], capsys)
     assert rc == 1 and "refused" in err
     assert not marker.exists()
 
@@ -396,7 +344,7 @@ def test_cli_non_finite_loss_exits_non_zero_with_the_message_on_stderr(
         return vae
 
     monkeypatch.setattr(vae_module, "build_vae", faulty)
-    rc, err = _main(_flat_args(flat_data, "--epochs", 2, "--out", tmp_path / "run"), capsys)
+    rc, err = run_cli(flat_args(flat_data, "--epochs", 2, "--out", tmp_path / "run"), capsys)
     assert rc == 1
     assert "refused a distribution parameter at step 3 (epoch 1): the reconstruction term" in err
     assert "no checkpoint of trained parameters was written yet" in err
@@ -432,40 +380,21 @@ def test_sigint_saves_mid_epoch_and_resume_is_bit_identical(tmp_path):
         assert [r[key] for r in resumed.metrics] == [r[key] for r in straight.metrics]
 
 
-def _pyro_vae(*args, **kwargs):
-    exe = Path(sys.executable).parent / "pyro-vae"
-    return subprocess.Popen(
-        [str(exe), *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ONE_THREAD,
-        **kwargs,
-    )
-
-
-def _wait_for(predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_sigint_to_the_cli_saves_exits_130_and_resume_continues(tmp_path):
     run = tmp_path / "run"
     args = TINY_RUN
-    proc = _pyro_vae("train", *args, "--epochs", 10_000, "--out", run)
-    _wait_for(lambda: (run / "metrics.jsonl").is_file() or proc.poll() is not None)
+    proc = pyro_vae_process("train", *args, "--epochs", 10_000, "--out", run)
+    wait_for(lambda: (run / "metrics.jsonl").is_file() or proc.poll() is not None)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     state = safe_load(run / "checkpoint.pt")
     resume = f"resume with pyro-vae train --resume {run}"
-    assert err.strip() == f"interrupted at step {state['step']}; {resume}"
+    assert err.strip() == f"interrupted by Ctrl-C (SIGINT) at step {state['step']}; {resume}"
     assert state["step"] > 0
     epochs = state["epoch"] + 2
-    proc = _pyro_vae("train", "--resume", run, "--epochs", epochs)
+    proc = pyro_vae_process("train", "--resume", run, "--epochs", epochs)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -574,7 +503,7 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path):
     zygote = _Zygote(tmp_path)
     try:
         pid = zygote.start("train", *args, "--epochs", 10**6, "--out", run)
-        _wait_for(ckpt.is_file)  # the step-0 checkpoint
+        wait_for(ckpt.is_file)  # the step-0 checkpoint
         os.kill(pid, signal.SIGKILL)
         assert zygote.wait(pid) == -signal.SIGKILL
         last, progressed = safe_load(ckpt)["step"], 0
@@ -582,7 +511,7 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path):
         # one kill in the middle of a checkpoint write, for certain
         pid = zygote.start("train", "--resume", run, slow_writes=0.5)
         cut = lambda: list(run.glob(".*.pt.*.tmp"))  # noqa: E731 (checkpoint.pt or best.pt)
-        _wait_for(cut)
+        wait_for(cut)
         os.kill(pid, signal.SIGKILL)
         assert zygote.wait(pid) == -signal.SIGKILL
         assert cut()  # the write was cut
@@ -607,7 +536,7 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path):
         assert zygote.wait(pid) == 0
     finally:
         zygote.close()
-    assert _temp_files(run) == []  # the cut write's leftovers were cleaned on resume
+    assert temp_files(run) == []  # the cut write's leftovers were cleaned on resume
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     done, reference = safe_load(ckpt), safe_load(straight / "checkpoint.pt")

@@ -111,10 +111,10 @@ def test_non_finite_loss_stops_with_the_step_named_and_checkpoint_kept(tmp_path)
     split = Preprocess("dynamic").prepare(load_data("shapes", num_shapes=256, test_size=64))
     vae = build_vae(split.event_shape, **SMALL)
     cfg = TrainConfig(epochs=3, batch_size=64, quiet=True, log_every=2)
-    # before step 1: the support check of the training and test data and one traced probe of
-    # the model (3 decoder calls); epoch 1: 4 steps + 1 evaluation batch = 5 decoder calls;
-    # then 2 good steps in epoch 2
-    vae.decoder.register_forward_hook(_NaNAfter(3 + 8, float("nan")))
+    # before step 1: the support check of the training and test data, one traced probe of
+    # the model and the 3 passes that measure a step's memory (6 decoder calls); epoch 1: 4
+    # steps + 1 evaluation batch = 5 decoder calls; then 2 good steps in epoch 2
+    vae.decoder.register_forward_hook(_NaNAfter(6 + 8, float("nan")))
     with pytest.raises(NonFiniteLossError, match=r"step 7 \(epoch 2\).*kept"):
         fit(vae, split.train, split.test, cfg, preprocess=Preprocess("dynamic"), out=tmp_path)
     state = safe_load(tmp_path / "checkpoint.pt")
@@ -127,8 +127,9 @@ def test_infinite_loss_is_caught_on_the_device_and_named(tmp_path):
     # that step, only the on-device check (read every log_every steps) sees it
     x = torch.rand(256, 4)
     vae = build_vae((4,), "normal", **SMALL)
-    # before step 1: the support check and one traced probe of the model (2 decoder calls)
-    vae.decoder.register_forward_hook(_NaNAfter(2 + 3, 1e30))
+    # before step 1: the support check, one traced probe of the model and the 3 passes that
+    # measure a step's memory (5 decoder calls)
+    vae.decoder.register_forward_hook(_NaNAfter(5 + 3, 1e30))
     cfg = TrainConfig(epochs=2, batch_size=64, quiet=True, log_every=100)
     with pytest.raises(NonFiniteLossError, match=r"step 3 \(epoch 1\).*no checkpoint"):
         fit(vae, x, None, cfg, out=tmp_path)
@@ -300,9 +301,9 @@ def test_non_finite_gradient_with_finite_loss_is_a_bad_step(tmp_path):
     vae = build_vae(split.event_shape, **SMALL)
     calls = {"n": 0}
 
-    def poison(grad):
+    def poison(grad):  # after the 3 backward passes that measure a step's memory
         calls["n"] += 1
-        return grad * float("nan") if calls["n"] == 6 else grad
+        return grad * float("nan") if calls["n"] == 3 + 6 else grad
 
     vae.decoder.net[0].weight.register_hook(poison)
     cfg = TrainConfig(epochs=3, batch_size=64, quiet=True, log_every=100)
@@ -348,5 +349,6 @@ print(u.is_validation_enabled(), all(seen), len(seen))
         [sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0, res.stderr
-    # on inside fit (the support check, the probe, 2 steps), restored after
-    assert res.stdout.split() == ["False", "True", "4"]
+    # on inside fit (the support check, the probe, the 3 passes that measure a step's memory,
+    # 2 steps), restored after
+    assert res.stdout.split() == ["False", "True", "7"]

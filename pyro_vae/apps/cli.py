@@ -8,12 +8,14 @@ flags given; a later source wins. ``--resume RUN_DIR`` starts from the run's sav
 configuration instead of the defaults.
 
 Exit status: 0 done; 1 an error, as one line on stderr (no traceback); 2 invalid settings;
-130 interrupted by Ctrl-C after saving a checkpoint (``train``).
+``128 + signum`` after a stop signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM, 129 for SIGHUP
+(``train`` saves a checkpoint between two steps first and says how to resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from pyro_vae.config import (
     RunConfig,
     TrainConfig,
     add_flags,
+    check_flat,
     from_flat,
     given,
 )
@@ -51,7 +54,9 @@ from pyro_vae.runs import (
     run_config,
     run_training,
 )
+from pyro_vae.signals import Interrupted, signal_name
 from pyro_vae.train import CheckpointError, NonFiniteLossError, TrainingInterrupted
+from pyro_vae.train.rundir import default_run_dir, visiting
 
 _FORMAT = HelpFormatter
 
@@ -162,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(command: str, message: str, status: int = 1) -> int:
-    print(f"pyro-vae {command}: error: {message}", file=sys.stderr)
+    _say(f"pyro-vae {command}: error: {message}")
     return status
 
 
@@ -178,27 +183,38 @@ def _read_toml(path: str) -> dict:
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``pyro-vae train``: defaults (or the resumed run's settings), then ``--config``, then
     the flags given."""
+    if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        parser.error(
+            f"--out {args.out} cannot be combined with --resume {args.resume}: a resumed run "
+            f"continues in its own folder"
+        )
     try:
         base = run_config(args.resume) if args.resume else RunConfig()
         values = _read_toml(args.config) if args.config else {}
     except (OSError, ImportError, ValueError, KeyError) as e:
         return _fail("train", f"cannot read the settings: {e}")
-    values.update(given(args, RunConfig))
     try:
-        cfg = from_flat(base, values)
-    except (ValueError, TypeError, ImportError) as e:  # TypeError: `hidden = "a"` in TOML
+        values = check_flat(RunConfig, values, source=args.config)
+        cfg = from_flat(base, {**values, **given(args, RunConfig)})
+    except (ValueError, TypeError, ImportError) as e:
         parser.error(str(e))
+    out = Path(args.resume or args.out or default_run_dir(
+        cfg.data.dataset, cfg.model.likelihood, cfg.train.estimator
+    ))  # fmt: skip
     try:
-        result = run_training(cfg, out=args.resume or args.out, resume=bool(args.resume))
-    except TrainingInterrupted as e:
-        print(e, file=sys.stderr)  # "interrupted at step s; resume with ..."
-        return 130
-    except KeyboardInterrupt:  # a second Ctrl-C, while the checkpoint was being written
-        print("interrupted; the last complete checkpoint is kept", file=sys.stderr)
-        return 130
+        result = run_training(cfg, out=out, resume=bool(args.resume))
+    except TrainingInterrupted as e:  # a stop signal, read between two steps: saved
+        _say(str(e))  # "interrupted by ... at step s; resume with ..."
+        return 128 + e.signum
+    except KeyboardInterrupt as e:  # before the loop, or a second signal during a write
+        return _interrupted("train", e, out)
     except (NonFiniteLossError, CheckpointError, OSError, ImportError, ValueError) as e:
         return _fail("train", str(e))
     print(f"run directory: {result.run_dir}")
+    if not result.metrics:
+        print(f"no epoch was trained (--epochs {cfg.train.epochs}): checkpoint.pt holds the "
+              f"initial state")  # fmt: skip
+        return 0
     print(
         f"test ELBO (nats per datapoint, higher is better): last {result.test_elbo:.3f}, "
         f"best {result.best_test_elbo:.3f}"
@@ -206,9 +222,35 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _interrupted(command: str, error: KeyboardInterrupt, run_dir: Path | None = None) -> int:
+    """The one line for a stop signal outside the training steps; ``128 + signum``."""
+    signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+    if run_dir is not None and (run_dir / "checkpoint.pt").is_file():
+        then = f"{run_dir / 'checkpoint.pt'} is kept; resume with pyro-vae train --resume {run_dir}"
+    elif run_dir is not None and (run_dir / "config.json").is_file():
+        then = f"no checkpoint was written yet; start it with pyro-vae train --resume {run_dir}"
+    elif command == "train":
+        then = "training had not started; nothing was written"
+    else:
+        then = "every file it wrote is complete (written atomically)"
+    _say(f"pyro-vae {command}: interrupted by {signal_name(signum)}; {then}")
+    return 128 + signum
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr, if there still is one (after SIGHUP the terminal may be gone)."""
+    try:
+        print(line, file=sys.stderr)
+    except OSError:
+        pass
+
+
 def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         cfg = from_flat(EvalConfig(), given(args, EvalConfig))
+    except ValueError as e:
+        parser.error(str(e))
+    try:
         summary = evaluate_run(args.run_dir, cfg)
     except (ValueError, OSError, ImportError, CheckpointError) as e:
         return _fail("evaluate", str(e))
@@ -220,6 +262,15 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``pyro-vae sample``: prior draws of any model; a conditional model's draws take the
     labels of the first test datapoints."""
+    if args.num < 1:
+        parser.error(f"--num must be >= 1, got {args.num}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    with visiting(args.run_dir):
+        return _draw(args)
+
+
+def _draw(args: argparse.Namespace) -> int:
     try:
         model, _ = load_run(args.run_dir, args.which)
         inputs = ()
@@ -232,7 +283,11 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     with evaluation_mode(model):
         mean, _ = sample(model, args.num, *inputs)
     out = Path(args.output or Path(args.run_dir) / f"samples-{args.seed}.png")
-    if not save_grid(mean, out):
+    try:
+        drawn = save_grid(mean, out)
+    except OSError as e:
+        return _fail("sample", f"cannot write {out}: {e.strerror or e}")
+    if not drawn:
         return _fail("sample", f"data of shape {tuple(mean.shape[1:])} cannot be drawn as images")
     print(out)
     return 0
@@ -300,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]
-    return _COMMANDS[args.command](args, subparser)
+    try:
+        return _COMMANDS[args.command](args, subparser)
+    except KeyboardInterrupt as e:  # train handles its own
+        return _interrupted(args.command, e)
 
 
 if __name__ == "__main__":

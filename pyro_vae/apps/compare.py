@@ -55,11 +55,12 @@ from pyro_vae.config import (
 )
 from pyro_vae.eval import gradient_snr, importance_log_px
 from pyro_vae.eval.gradients import plot_snr, snr_noise_floor, snr_table
+from pyro_vae.files import atomic_write_text, save_figure
 from pyro_vae.infer import estimator_refusal
 from pyro_vae.models import LabelInfo, build_model
 from pyro_vae.runs import evaluation_data, inputs_for, model_inputs, resolve_data, run_training
 from pyro_vae.train.checks import probe
-from pyro_vae.train.rundir import atomic_write_text, default_run_dir, prepare
+from pyro_vae.train.rundir import default_run_dir, prepare
 
 #: the estimators with one particle, then the importance-weighted ones at every K
 SINGLE_PARTICLE = ("elbo", "meanfield", "stl")
@@ -370,12 +371,9 @@ def _write_tables_and_pictures(
     ]
     atomic_write_text(out / "runs.csv", _csv(per_run))
     atomic_write_text(out / "snr.csv", _csv([s.as_dict() for s in snr_rows]))
-    plot_learning_curves(runs).savefig(out / "learning_curves.png")
-    plot_snr(
-        snr_rows,
-        title=f"gradient SNR at the final {reference} parameters (seed {seed}), "
-        f"R = {cfg.snr_draws}",
-    ).savefig(out / "snr.png")
+    save_figure(plot_learning_curves(runs), out / "learning_curves.png")
+    title = f"gradient SNR at the final {reference} parameters (seed {seed}), R = {cfg.snr_draws}"
+    save_figure(plot_snr(snr_rows, title=title), out / "snr.png")
 
 
 def _comparison_markdown(

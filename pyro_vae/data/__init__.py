@@ -13,17 +13,19 @@ happens on the device:
 embedded dataset.
 """
 
-from pyro_vae.data.arrays import DataFormatError, DataSplit, as_loaded
+from pyro_vae.data.arrays import LAYOUTS, DataFormatError, DataSplit, as_loaded
 from pyro_vae.data.idx import read_idx
 from pyro_vae.data.preprocess import BINARIZE, Preprocess, batch_transform, prepare_split
-from pyro_vae.data.sources import DATASETS, DatasetNotFoundError, load_data
+from pyro_vae.data.sources import DATASETS, DatasetNotFoundError, canonical_source, load_data
 
 __all__ = [
     "BINARIZE",
+    "LAYOUTS",
     "DATASETS",
     "DataFormatError",
     "DataSplit",
     "DatasetNotFoundError",
+    "canonical_source",
     "Preprocess",
     "as_loaded",
     "batch_transform",

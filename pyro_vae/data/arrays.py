@@ -8,10 +8,13 @@ that says what was found; :func:`single_split` holds out a seeded subset of one 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from pyro_vae.registry import Registry
 
 
 class DataFormatError(ValueError):
@@ -90,12 +93,65 @@ class DataSplit:
         """Whether the data are 8-bit levels (dtype uint8, values 0..255)."""
         return self.train.dtype == torch.uint8
 
+    def fingerprint(self) -> str:
+        """A SHA-256 of every array of the split (dtype, shape and bytes, labels included): a
+        run records it, and a resumed run or an evaluation on other data is refused. About
+        0.1 s for MNIST."""
+        digest = hashlib.sha256()
+        for t in (self.train, self.test, self.train_labels, self.test_labels):
+            if t is None:
+                digest.update(b"none")
+                continue
+            t = t.detach().cpu().contiguous()
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return digest.hexdigest()[:32]
+
     def __repr__(self) -> str:
         labels = "yes" if self.train_labels is not None else "no"
         return (
             f"DataSplit(name={self.name!r}, train={tuple(self.train.shape)}, "
             f"test={tuple(self.test.shape)}, dtype={self.train.dtype}, labels={labels})"
         )
+
+
+#: how a 4-D array's axes are read: ``(N, C, H, W)`` or ``(N, H, W, C)``; ``auto`` reads the
+#: first where the shape leaves no doubt and refuses a shape that fits both
+LAYOUTS: Registry[None] = Registry.of("layout", ("auto", "channels-first", "channels-last"))
+_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
+
+
+def orient(arr: np.ndarray, layout: str, what: str) -> np.ndarray:
+    """A 4-D image array as ``(N, C, H, W)``, its layout read as ``layout`` says; other ranks
+    unchanged.
+
+    :raises DataFormatError: with ``auto``, a shape that reads both ways (``(N, 4, 4, 3)``: 4
+        channels of 4x3, or 3 channels of 4x4) or plainly channels-last; the message names
+        ``--layout``.
+    """
+    LAYOUTS.check(layout)
+    if np.ndim(arr) != 4 or layout == "channels-first":
+        return arr
+    if layout == "channels-last":
+        return np.transpose(arr, (0, 3, 1, 2))
+    # a reading is plausible if its channel count is one of 1, 3, 4 and its images are more
+    # than one pixel across: (N, 1, 4, 4) is one grey channel, not 1x4 images of 4 channels
+    first = arr.shape[1] in _CHANNELS and arr.shape[3] > 1
+    last = arr.shape[3] in _CHANNELS and arr.shape[1] > 1
+    if first and last:
+        raise DataFormatError(
+            f"{what}: shape {arr.shape} reads as {arr.shape[1]} channels of "
+            f"{arr.shape[2]}x{arr.shape[3]} (N, C, H, W) or as {arr.shape[3]} channels of "
+            f"{arr.shape[1]}x{arr.shape[2]} (N, H, W, C); say which with --layout "
+            f"channels-first or --layout channels-last"
+        )
+    if last:
+        raise DataFormatError(
+            f"{what}: shape {arr.shape} looks channels-last (N, H, W, C); expected "
+            f"(N, C, H, W): give --layout channels-last to read it so, or transpose with "
+            f"np.transpose(x, (0, 3, 1, 2))"
+        )
+    return arr
 
 
 def as_data_array(arr: np.ndarray, what: str) -> np.ndarray:
@@ -115,12 +171,13 @@ def as_data_array(arr: np.ndarray, what: str) -> np.ndarray:
         raise DataFormatError(
             f"{what}: empty data, shape {arr.shape}; need at least one item with at least one value"
         )
-    if arr.ndim == 4 and arr.shape[1] > 4 and arr.shape[-1] in (1, 3, 4):
-        # Channels-last is common (Keras, PIL); reading it as (N, C, H, W) would silently
-        # train on scrambled images.
+    if arr.ndim == 4 and arr.shape[1] > 4 and arr.shape[-1] in _CHANNELS:
+        # channels-last is common (Keras, PIL): reading it as (N, C, H, W) would silently
+        # train on scrambled images (the file loaders read --layout first, see orient)
         raise DataFormatError(
             f"{what}: shape {arr.shape} looks channels-last (N, H, W, C); expected "
-            "(N, C, H, W): transpose with np.transpose(x, (0, 3, 1, 2))"
+            "(N, C, H, W): transpose with np.transpose(x, (0, 3, 1, 2)), or give a file "
+            "--layout channels-last"
         )
     kind = arr.dtype.kind
     if arr.dtype == np.uint8:

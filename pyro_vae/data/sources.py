@@ -13,12 +13,19 @@ Event shapes: images are always ``(C, H, W)`` (an ``(N, H, W)`` array becomes
 from __future__ import annotations
 
 import operator
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pyro_vae.data.arrays import DataFormatError, DataSplit, official_split, single_split
+from pyro_vae.data.arrays import (
+    DataFormatError,
+    DataSplit,
+    official_split,
+    orient,
+    single_split,
+)
 from pyro_vae.data.idx import IDX_IMAGES_RE, load_idx_files, load_idx_folder, read_idx
 from pyro_vae.data.shapes import make_shapes
 from pyro_vae.registry import Registry, UnknownNameError
@@ -48,6 +55,15 @@ class DatasetNotFoundError(FileNotFoundError):
     """A built-in dataset's files are missing and downloading was not requested."""
 
 
+def canonical_source(source: str) -> str:
+    """A built-in dataset's name as it is; a path as the absolute path it resolves to, so that
+    a run records its data by a name that means the same from any folder."""
+    if source.strip().lower() in DATASETS:
+        return source
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
 def load_data(
     source: str | Path,
     *,
@@ -56,6 +72,7 @@ def load_data(
     seed: int = 0,
     num_shapes: int = 10000,
     download: bool = False,
+    layout: str = "auto",
 ) -> DataSplit:
     """Load a dataset as a raw :class:`DataSplit`.
 
@@ -86,6 +103,8 @@ def load_data(
     :param num_shapes: number of ``shapes`` training images.
     :param download: let torchvision fetch a missing dataset into ``data_dir``; without it
         nothing touches the network.
+    :param layout: how a 4-D array of a ``.npy`` or ``.npz`` file is read (see
+        :data:`~pyro_vae.data.arrays.LAYOUTS` and :func:`~pyro_vae.data.arrays.orient`).
     :raises DatasetNotFoundError: a torchvision dataset is missing and ``download`` is False.
     :raises DataFormatError: a source holds unusable data (message says what was found).
     :raises ValueError: unknown name, or a ``test_size`` that leaves no training data.
@@ -106,9 +125,9 @@ def load_data(
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".npy":
-            return _load_npy(path, test_size, seed)
+            return _load_npy(path, test_size, seed, layout)
         if suffix == ".npz":
-            return _load_npz(path, test_size, seed)
+            return _load_npz(path, test_size, seed, layout)
         match = IDX_IMAGES_RE.match(path.name)
         if match:
             return load_idx_files(str(path), path.parent, {match["prefix"]: path}, test_size, seed)
@@ -200,20 +219,39 @@ def _strip_gz(filename: str) -> str:
     return filename[:-3] if filename.lower().endswith(".gz") else filename
 
 
-def _load_npy(path: Path, test_size: int, seed: int) -> DataSplit:
+def _unreadable(path: Path, kind: str, err: Exception) -> DataFormatError:
+    """The one message for a file numpy cannot read (never numpy's own advice to unpickle)."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head:
+        why = "the file is empty (0 bytes)"
+    elif head == b"\x93NUMPY" and ("pickled" in str(err) or "allow_pickle" in str(err)):
+        why = (
+            "it holds pickled Python objects, which pyro-vae never loads (unpickling can run "
+            "code); save a numeric array with numpy.save"
+        )
+    else:
+        why = f"it is truncated, damaged, or not a {kind} file (numpy.save writes one)"
+    return DataFormatError(f"{path} is not a valid {kind} array file: {why}")
+
+
+def _load_npy(path: Path, test_size: int, seed: int, layout: str) -> DataSplit:
     try:
         x = np.load(path, allow_pickle=False)
-    except ValueError as err:  # object arrays, or not an npy file at all
-        raise DataFormatError(f"{path}: cannot read as a numeric .npy array ({err})") from err
+    except (ValueError, EOFError, OSError) as err:  # object arrays, or not an npy file at all
+        raise _unreadable(path, ".npy", err) from err
+    if not isinstance(x, np.ndarray):
+        raise DataFormatError(f"{path} is a .npz archive named .npy; rename it to .npz")
+    x = orient(x, layout, str(path))
     return single_split(str(path), x, None, test_size, seed, what=str(path))
 
 
-def _load_npz(path: Path, test_size: int, seed: int) -> DataSplit:
+def _load_npz(path: Path, test_size: int, seed: int, layout: str) -> DataSplit:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except ValueError as err:
-        raise DataFormatError(f"{path}: cannot read as a numeric .npz archive ({err})") from err
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as err:
+        raise _unreadable(path, ".npz", err) from err
     if not arrays:
         raise DataFormatError(f"{path}: the .npz archive holds no arrays")
     if "x_train" in arrays or "x_test" in arrays:
@@ -224,9 +262,9 @@ def _load_npz(path: Path, test_size: int, seed: int) -> DataSplit:
             )
         return official_split(
             str(path),
-            arrays["x_train"],
+            orient(arrays["x_train"], layout, f"{path}['x_train']"),
             arrays.get("y_train"),
-            arrays["x_test"],
+            orient(arrays["x_test"], layout, f"{path}['x_test']"),
             arrays.get("y_test"),
             what=str(path),
         )
@@ -240,6 +278,6 @@ def _load_npz(path: Path, test_size: int, seed: int) -> DataSplit:
         )
     label_key = next((k for k in _NPZ_LABEL_KEYS if k in arrays), None)
     y = arrays[label_key] if label_key is not None else None
-    return single_split(
-        str(path), arrays[data_key], y, test_size, seed, what=f"{path}[{data_key!r}]"
-    )
+    what = f"{path}[{data_key!r}]"
+    x = orient(arrays[data_key], layout, what)
+    return single_split(str(path), x, y, test_size, seed, what=what)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae.files import atomic_write, save_figure
 from pyro_vae.models import evaluation_mode, reconstruct, sample
 from pyro_vae.models.protocol import decode
 
@@ -40,7 +41,9 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int = 8) -> bool:
     images = as_images(x.detach().float().cpu())
     if images is None:
         return False
-    save_image(images.clamp(0, 1), str(path), nrow=nrow, padding=2, pad_value=0.5)
+    images = images.clamp(0, 1)
+    atomic_write(path, lambda f: save_image(images, f, format="png", nrow=nrow, padding=2,
+                                            pad_value=0.5))  # fmt: skip
     return True
 
 
@@ -69,7 +72,7 @@ def plot_curves(rows: Sequence[dict], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def save_panels(
@@ -99,7 +102,7 @@ def save_panels(
         ax.set_title(title, fontsize=8, loc="left")
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return True
 
 
@@ -280,4 +283,4 @@ def save_latent_scatter(
     ax.set_title("posterior means E_q[z | x]")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)

@@ -11,7 +11,6 @@ module             concept
 ``checkpoint``     :class:`Checkpointer`: every write and read of a run's state; safe loading
 ``rundir``         the run directory's files, each written atomically
 ``checks``         the data checked against the model before the first step
-``signals``        Ctrl-C read between two steps
 =================  ===========================================================================
 """
 

@@ -2,7 +2,7 @@
 reads a run's state.
 
 Writes go to a temporary file in the same folder, are fsynced, then renamed over the target
-(:func:`~pyro_vae.train.rundir.atomic_write`), so a reader sees either the old file or the new
+(:func:`~pyro_vae.files.atomic_write`), so a reader sees either the old file or the new
 one, never half of one. Reads use ``torch.load(weights_only=True)``: a pickle that would
 execute code is refused. :class:`Checkpointer` owns every write and read of a run's state in
 its run directory: the checkpoint format, the refusal of a checkpoint of another
@@ -13,6 +13,7 @@ the one clear error when a write fails.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 import warnings
@@ -25,15 +26,17 @@ import torch
 from torch import nn
 
 from pyro_vae.config import RESUMABLE
+from pyro_vae.files import atomic_write
 from pyro_vae.train import rundir
-from pyro_vae.train.rundir import RunDirectoryError, atomic_write
+from pyro_vae.train.rundir import RunDirectoryError
 from pyro_vae.train.state import EpochCursor, Schedule, TrainState
+from pyro_vae.train.step import NonFiniteLossError, non_finite_state
 
 #: checkpoint layout (1: epoch boundaries only; 2: adds the mid-epoch state)
 CHECKPOINT_FORMAT = 2
 
 #: facts about the data recorded beside the settings; a resumed run must see the same
-DATA_FACTS = ("event_shape", "num_train", "num_test")
+DATA_FACTS = ("event_shape", "num_train", "num_test", "data_fingerprint")
 
 
 class CheckpointError(RuntimeError):
@@ -41,7 +44,7 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically (see :func:`~pyro_vae.train.rundir.atomic_write`)."""
+    """``torch.save`` to ``path`` atomically (see :func:`~pyro_vae.files.atomic_write`)."""
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -136,10 +139,24 @@ def load_checkpoint(
         model/config (the message lists every mismatching setting or parameter). Nothing is
         loaded into ``module`` then.
     """
+    path = Path(path)
     state = safe_load(path, map_location=device)
+    check_checkpoint(state, path, expected_config)
+    load_module_state(state, module, path)
+    return state
+
+
+def check_checkpoint(state: dict, path: Path, expected_config: dict | None = None) -> None:
+    """A pyro-vae checkpoint of a format this version reads, written under
+    ``expected_config`` (every setting but the resumable ones equal).
+
+    :raises CheckpointError: saying which, and listing every mismatching setting.
+    """
     missing = {"model", "optimizer", "rng", "epoch", "step", "config"} - set(state)
     if missing:
         raise CheckpointError(f"{path} is not a pyro-vae checkpoint (missing {sorted(missing)})")
+    if not isinstance(state.get("format", 1), int) or not isinstance(state["config"], dict):
+        raise _damaged(path, "its format or its configuration is not what pyro-vae writes")
     if state.get("format", 1) > CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} has checkpoint format {state['format']}, newer than this pyro-vae reads "
@@ -153,12 +170,151 @@ def load_checkpoint(
                 + "; ".join(diffs)
                 + ". Use the checkpoint's settings, or start a new run with another --out."
             )
+
+
+def load_module_state(state: dict, module: nn.Module, path: Path) -> None:
+    """Load ``state["model"]`` into ``module``, after checking every tensor's name, shape and
+    dtype against it.
+
+    :raises CheckpointError: parameters of another model (each difference listed).
+    """
+    _check_model_state(state["model"], module, path)
     try:
         module.load_state_dict(state["model"])
     except RuntimeError as e:
         detail = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise CheckpointError(f"{path} holds parameters of another model: {detail}") from e
-    return state
+
+
+# ------------------------------------------------------------------- the checkpoint's schema
+
+
+def _damaged(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is damaged or was not written by pyro-vae: {what}; nothing was loaded and "
+        f"nothing in the run directory was changed"
+    )
+
+
+def _check_model_state(model: Any, module: nn.Module, path: Path) -> None:
+    """Every tensor of the saved module state has the name, shape and dtype of the module's
+    (``load_state_dict`` would cast an int64 parameter silently)."""
+    if not isinstance(model, dict) or not all(isinstance(t, torch.Tensor) for t in model.values()):
+        raise _damaged(path, "its 'model' is not a mapping of names to tensors")
+    expected = module.state_dict()
+    for name, t in model.items():
+        ref = expected.get(name)
+        if ref is not None and t.shape == ref.shape and t.dtype != ref.dtype:
+            raise _damaged(path, f"the parameter {name} is {t.dtype}, the model's {ref.dtype}")
+
+
+def check_training_state(
+    saved: dict, path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, spe: int
+) -> None:
+    """Validate everything :meth:`Checkpointer.restore` reads, before any of it is used: the
+    value types, the optimizer state's shapes and dtypes (a wrong shape crashes the fused
+    Adam step), the epoch and step, the metrics and the RNG states.
+
+    :param spe: steps per epoch of the run.
+    :raises CheckpointError: naming the first field that is wrong.
+    """
+    for key, kinds in _TYPES.items():
+        if key in saved and not isinstance(saved[key], kinds):
+            names = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+            raise _damaged(path, f"{key!r} is a {type(saved[key]).__name__}, not {names}")
+    epoch, step, batch = saved["epoch"], saved["step"], saved.get("batch", 0)
+    if min(epoch, step, batch) < 0 or step != epoch * spe + batch or batch >= max(spe, 1):
+        raise _damaged(
+            path, f"epoch {epoch}, step {step} and batch {batch} do not fit {spe} steps per epoch"
+        )
+    metrics = saved.get("metrics")
+    if metrics is not None:
+        ok = len(metrics) == epoch and all(
+            isinstance(r, dict) and r.get("epoch") == i + 1 and _numbers(r)
+            for i, r in enumerate(metrics)
+        )
+        if not ok:
+            raise _damaged(path, f"its metrics are not one row of numbers per epoch ({epoch})")
+    _check_optimizer_state(saved["optimizer"], module, optimizer, path)
+    _check_rng_state(saved["rng"], path)
+
+
+_TYPES = {
+    "format": (int,),
+    "optimizer": (dict,),
+    "scheduler": (dict, type(None)),
+    "rng": (dict,),
+    "epoch": (int,),
+    "step": (int,),
+    "batch": (int,),
+    "perm": (torch.Tensor, type(None)),
+    "epoch_loss": (torch.Tensor, type(None)),
+    "epoch_seconds": (float, int),
+    "best_test_elbo": (float, int),
+    "metrics": (list,),
+    "config": (dict,),
+}
+
+
+def _numbers(row: dict) -> bool:
+    values = [row.get(k) for k in rundir.METRIC_FIELDS]
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _check_optimizer_state(
+    state: dict, module: nn.Module, optimizer: torch.optim.Optimizer, path: Path
+) -> None:
+    groups, slots = state.get("param_groups"), state.get("state")
+    fresh = optimizer.state_dict()["param_groups"]
+    if not isinstance(groups, list) or not isinstance(slots, dict):
+        raise _damaged(path, "its optimizer state has no param_groups list and state mapping")
+    if [g.get("params") if isinstance(g, dict) else None for g in groups] != [
+        g["params"] for g in fresh
+    ]:
+        raise _damaged(path, "its optimizer holds other parameters than the model's")
+    params = dict(enumerate(module.parameters()))
+    names = {id(p): name for name, p in module.named_parameters()}
+    for index, slot in slots.items():
+        p = params.get(index)
+        if p is None or not isinstance(slot, dict):
+            raise _damaged(path, f"its optimizer state names parameter {index!r}, not the model's")
+        for key, t in slot.items():
+            if not isinstance(t, torch.Tensor):
+                raise _damaged(path, f"the optimizer's {key} of {names[id(p)]} is not a tensor")
+            want = () if key == "step" else p.shape
+            dtype = torch.float32 if key == "step" else p.dtype
+            if t.shape != want or t.dtype != dtype:
+                raise _damaged(
+                    path,
+                    f"the optimizer's {key} of {names[id(p)]} has shape {tuple(t.shape)} and "
+                    f"dtype {t.dtype}, not {tuple(want)} and {dtype}",
+                )
+
+
+def _check_rng_state(rng: dict, path: Path) -> None:
+    torch_state, numpy_state, python_state = rng.get("torch"), rng.get("numpy"), rng.get("python")
+    size = torch.get_rng_state().shape
+    ok = (
+        isinstance(torch_state, torch.Tensor)
+        and torch_state.dtype == torch.uint8
+        and torch_state.shape == size
+        and isinstance(rng.get("cuda"), list)
+        and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in rng["cuda"])
+        and isinstance(numpy_state, dict)
+        and isinstance(numpy_state.get("keys"), torch.Tensor)
+        and numpy_state["keys"].shape == (624,)
+        and isinstance(numpy_state.get("pos"), int)
+        and 0 <= numpy_state["pos"] <= 624
+        and numpy_state.get("has_gauss") in (0, 1)
+        and isinstance(numpy_state.get("cached_gaussian"), float)
+        and isinstance(python_state, list)
+        and len(python_state) == 3
+        and isinstance(python_state[1], list)
+        and len(python_state[1]) == 625
+        and all(isinstance(v, int) for v in python_state[1])
+    )
+    if not ok:
+        raise _damaged(path, "its random-number generator states are not those pyro-vae saves")
 
 
 def config_diff(saved: dict, expected: dict) -> list[str]:
@@ -170,13 +326,27 @@ def config_diff(saved: dict, expected: dict) -> list[str]:
         a, b = saved.get(section), expected.get(section)
         if a is None or b is None:  # e.g. fit() without run_config records train only
             continue
-        for key in sorted(set(a) | set(b)):
-            if key not in RESUMABLE and a.get(key) != b.get(key):
-                diffs.append(f"{section}.{key}: checkpoint {a.get(key)!r}, now {b.get(key)!r}")
+        # a setting the checkpoint lacks is newer than the checkpoint: its default applies
+        for key in sorted(a):
+            if key in RESUMABLE or a.get(key) == b.get(key):
+                continue
+            if (section, key) == ("data", "dataset") and _same_file(a[key], b.get(key)):
+                continue  # a run of an older version recorded the path as typed
+            diffs.append(f"{section}.{key}: checkpoint {a.get(key)!r}, now {b.get(key)!r}")
     for key in DATA_FACTS:
         if key in saved and key in expected and saved[key] != expected[key]:
-            diffs.append(f"{key}: checkpoint {saved[key]!r}, now {expected[key]!r}")
+            if key == "data_fingerprint":
+                diffs.append("the data differ from those the run was trained on (fingerprint)")
+            else:
+                diffs.append(f"{key}: checkpoint {saved[key]!r}, now {expected[key]!r}")
     return diffs
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def _cursor(state: dict, schedule: Schedule, device) -> EpochCursor | None:
@@ -209,11 +379,15 @@ class Checkpointer:
     same at the best score. Without a run directory nothing is written, and :meth:`kept`
     says so.
 
+    The run directory is locked from construction to :meth:`close` (use it as a context
+    manager; see :func:`~pyro_vae.train.rundir.claim`): one process per run.
+
     :param out: the run directory, or ``None``.
     :param config: the configuration saved in every checkpoint, which a resumed run must match.
-    :param resume: continue the run in ``out``; else ``out`` must not hold a checkpoint.
-    :raises RunDirectoryError: ``out`` cannot be created or written (nothing was trained).
-    :raises FileExistsError: a new run in a folder that holds a checkpoint.
+    :param resume: continue the run in ``out`` (from step 0 if it stopped before its first
+        checkpoint); else ``out`` must be absent or empty.
+    :raises RunDirectoryError: ``out`` cannot be created or written, is locked by another
+        process, or (a new run) is not empty; nothing was trained or overwritten.
     """
 
     def __init__(
@@ -227,16 +401,25 @@ class Checkpointer:
     ):
         if resume and out is None:
             raise ValueError("resume=True needs the run directory (out=...)")
-        self.run_dir = None if out is None else rundir.prepare(out)
-        if self.run_dir is not None and not resume and self.path.exists():
-            raise FileExistsError(
-                f"{self.run_dir} already holds a run (checkpoint.pt); continue it with "
-                f"pyro-vae train --resume {self.run_dir}, or choose another --out"
-            )
+        self.run_dir = None if out is None else Path(out)
+        self._lock = None if out is None else rundir.claim(out, resume)
         self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
         self.config, self.resume = config, resume
         #: the step of the last checkpoint.pt written or resumed from (``None``: none yet)
         self.saved_step: int | None = None
+        #: a resumed run that had no checkpoint yet: it starts from step 0, as a new run
+        self.fresh = not resume
+
+    def close(self) -> None:
+        """Release the run directory's lock."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def path(self) -> Path:
@@ -246,12 +429,21 @@ class Checkpointer:
     def restore(self, schedule: Schedule, device: torch.device) -> TrainState:
         """Load ``checkpoint.pt`` into the module, optimizer, schedule and RNGs; the state.
 
-        Temporary files of writes a killed process left are removed.
+        A run that stopped before its first checkpoint (its ``config.json`` only) starts from
+        step 0. Nothing is written: the caller's :meth:`begin` writes.
 
         :raises CheckpointError: unreadable, of another configuration, or a cosine schedule
             asked to span another number of epochs.
         """
-        saved = load_checkpoint(self.path, self.module, self.config, device)
+        if not self.path.exists() and (self.run_dir / "config.json").is_file():
+            self.fresh = True
+            return TrainState()
+        saved = safe_load(self.path, map_location=device)
+        check_checkpoint(saved, self.path, self.config)
+        _check_model_state(saved["model"], self.module, self.path)
+        spe = schedule.steps_per_epoch
+        check_training_state(saved, self.path, self.module, self.optimizer, spe)
+        load_module_state(saved, self.module, self.path)
         self.optimizer.load_state_dict(saved["optimizer"])
         for group in self.optimizer.param_groups:  # the flags come back from the file: ours
             group["fused"], group["foreach"] = True, None
@@ -274,28 +466,36 @@ class Checkpointer:
         state = TrainState(epoch, saved["step"], saved["best_test_elbo"], metrics)
         state.cursor = _cursor(saved, schedule, device)
         self.saved_step = state.step
-        rundir.remove_stale_temp_files(self.run_dir)
         return state
 
     def begin(self, state: TrainState, run_config: dict | None) -> None:
-        """Before the first step: a new run writes ``config.json`` (the full ``run_config``)
-        and a step-0 checkpoint, proving the folder takes one; a resumed run rewrites the
-        metrics of the epochs its checkpoint holds."""
+        """Before the first step: ``config.json`` (the full ``run_config``: on resume, with the
+        settings that changed, such as ``epochs``), then a new run writes a step-0 checkpoint,
+        proving the folder takes one, and a resumed run rewrites the metrics of the epochs its
+        checkpoint holds."""
         if self.run_dir is None:
-            return
-        if self.resume:
-            self._write(self.run_dir / "metrics.jsonl", state, self._metrics_writer(state))
             return
         if run_config is not None:
             config = self.run_dir / "config.json"
             self._write(config, state, lambda: rundir.write_config(self.run_dir, run_config))
-        self.save("checkpoint.pt", state)
+        if self.fresh:
+            self.save("checkpoint.pt", state)
+        else:
+            self._write(self.run_dir / "metrics.jsonl", state, self._metrics_writer(state))
 
     def save(self, name: str, state: TrainState, cursor: EpochCursor | None = None) -> None:
         """Write ``name`` (``checkpoint.pt`` or ``best.pt``) from the state; with ``cursor``,
         the epoch in progress too."""
         if self.run_dir is None:
             return
+        bad = non_finite_state(self.module, self.optimizer)
+        if bad is not None:  # the loop stops before this; a checkpoint must never keep it
+            raise NonFiniteLossError(
+                f"{bad} is non-finite at step {state.step}, so {name} was not written; "
+                f"{self.kept()}. Lower --lr, or add --grad-clip.",
+                step=state.step,
+                term="update",
+            )
         saved = {
             "format": CHECKPOINT_FORMAT,
             "model": self.module.state_dict(),
@@ -344,7 +544,7 @@ class Checkpointer:
         try:
             write()
         except OSError as e:
-            if state.step == 0 and not self.resume:
+            if state.step == 0 and self.fresh:
                 what, then = "before training; nothing was trained", "start again"
             else:
                 what = f"at step {state.step}; training stopped. {self.kept()}"

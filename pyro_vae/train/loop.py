@@ -12,7 +12,8 @@ every step where the program runs uncaptured; the loss and gradients are checked
 finiteness on the device every step.
 
 Faults stop training without losing work: a non-finite loss is caught on the device and named
-(step and ELBO term); Ctrl-C (SIGINT) writes a checkpoint between two steps, from which
+(step and ELBO term); Ctrl-C (SIGINT), SIGTERM or SIGHUP writes a checkpoint between two
+steps, from which
 ``resume`` continues bit-identically; a full disk or an unwritable run directory stops with
 the previous checkpoint intact. Checkpoints are written atomically, so a process killed at any
 moment leaves a ``checkpoint.pt`` that loads.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 import time
 import warnings
 from collections.abc import Sequence
@@ -38,24 +40,42 @@ from pyro_vae.data import Preprocess
 from pyro_vae.eval.bounds import evaluate_elbo, heldout_choice
 from pyro_vae.eval.plots import write_pictures
 from pyro_vae.infer import check_beta, estimator_refusal
+from pyro_vae.signals import Interrupted, StopRequest, signal_name
 from pyro_vae.train.checkpoint import Checkpointer
-from pyro_vae.train.checks import check_data, check_sizes, probe
-from pyro_vae.train.signals import StopRequest
+from pyro_vae.train.checks import (
+    check_data,
+    check_sizes,
+    check_step_memory,
+    probe,
+    step_memory,
+)
 from pyro_vae.train.state import EpochCursor, Schedule, TrainState
-from pyro_vae.train.step import NonFiniteLossError, TrainStep, make_scheduler, non_finite_parameter
-from pyro_vae.validation import validation_on
+from pyro_vae.train.step import (
+    DivergedError,
+    DivergenceWatch,
+    NonFiniteLossError,
+    TrainStep,
+    make_scheduler,
+    non_finite_parameter,
+    non_finite_state,
+)
+from pyro_vae.train.tensorboard import TensorBoardLog
+from pyro_vae.validation import constraint_text, invalid_distribution_argument, validation_on
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) stopped :func:`fit` between two steps, after it saved a checkpoint.
+class TrainingInterrupted(Interrupted):
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP) stopped :func:`fit` between two steps, after it
+    saved a checkpoint.
 
     :ivar step: steps done; ``checkpoint.pt`` holds the state after this step.
     :ivar run_dir: where the checkpoint is (``None``: no run directory, nothing was saved).
+    :ivar signum: the signal (the command line exits with ``128 + signum``).
     """
 
-    def __init__(self, step: int, run_dir: Path | None):
+    def __init__(self, step: int, run_dir: Path | None, signum: int = signal.SIGINT):
+        super().__init__(signum)
         where = f"resume with pyro-vae train --resume {run_dir}" if run_dir else "nothing saved"
-        super().__init__(f"interrupted at step {step}; {where}")
+        self.args = (f"interrupted by {signal_name(signum)} at step {step}; {where}",)
         self.step, self.run_dir = step, run_dir
 
 
@@ -127,16 +147,18 @@ def fit(
     :param test_inputs: the same for ``test``.
     :raises NonFiniteLossError: if the loss becomes NaN or infinite; names the step and term,
         and keeps the last checkpoint.
-    :raises TrainingInterrupted: on Ctrl-C (SIGINT), after writing ``checkpoint.pt``.
-    :raises RunDirectoryError: the run directory is not writable (before training), or a
-        checkpoint write failed (e.g. a full disk); the previous checkpoint is intact.
+    :raises TrainingInterrupted: on Ctrl-C (SIGINT), SIGTERM or SIGHUP, read between two
+        steps, after writing ``checkpoint.pt``.
+    :raises RunDirectoryError: the run directory is not writable, is locked by another
+        process, or (a new run) is not empty, before training; or a checkpoint write failed
+        (e.g. a full disk), and the previous checkpoint is intact.
     :raises CheckpointError: on ``resume``, an unreadable checkpoint or one of another
         configuration; nothing is written then.
-    :raises FileExistsError: without ``resume``, ``out`` holds a checkpoint already.
     :raises ValueError: data outside the model's support, or an estimator that does not apply
         to the model (named, with what to use instead), before any step.
     """
     cfg = config
+    board = TensorBoardLog.start(cfg, out)  # --tensorboard: refuses before anything is written
     check_beta(cfg.estimator, cfg.beta, warmup=cfg.warmup_epochs > 0)
     device = resolve_device(cfg.device)
     model.to(device)
@@ -146,28 +168,31 @@ def fit(
     else:
         test, test_inputs = test.to(device), tuple(t.to(device) for t in test_inputs)
     held_out, how = _preflight(model, cfg, preprocess, train, train_inputs, test, test_inputs)
+    pictured = (test, test_inputs) if test is not None else (train, train_inputs)
 
     schedule = Schedule.of(len(train), cfg)
     step = TrainStep(model, cfg, device)
     scheduler = make_scheduler(step.optimizer, cfg, schedule.total_steps)
     saved = dict(run_config) if run_config is not None else {"train": dataclasses.asdict(cfg)}
     saved["test_elbo_estimator"] = how
-    checkpoints = Checkpointer(out, model, step.optimizer, scheduler, saved, resume)
-    state = checkpoints.restore(schedule, device) if resume else TrainState()
-    run = _Run(model, train, train_inputs, test, test_inputs, preprocess, cfg, schedule, step,
-               scheduler, checkpoints, held_out)  # fmt: skip
-
-    model.train()
-    with run.stop, warnings.catch_warnings():
-        # the guard reports a NaN loss with its step and term; Pyro's warning would repeat it
-        warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
-        checkpoints.begin(state, None if run_config is None else saved)
-        while state.epoch < cfg.epochs:
-            run.end_epoch(state, run.run_epoch(state))
-    if checkpoints.run_dir is not None:
-        x, inputs = (test, test_inputs) if test is not None else (train, train_inputs)
-        write_pictures(model, x, checkpoints.run_dir, state.metrics, preprocess=preprocess,
-                       inputs=inputs)  # fmt: skip
+    with Checkpointer(out, model, step.optimizer, scheduler, saved, resume) as checkpoints:
+        state = checkpoints.restore(schedule, device) if resume else TrainState()
+        run = _Run(model, train, train_inputs, test, test_inputs, preprocess, cfg, schedule,
+                   step, scheduler, checkpoints, held_out)  # fmt: skip
+        run.resume_at(state)
+        model.train()
+        with run.stop, warnings.catch_warnings():
+            # the guard reports a NaN loss with its step and term; Pyro's would repeat it
+            warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
+            checkpoints.begin(state, None if run_config is None else saved)
+            while state.epoch < cfg.epochs:
+                run.end_epoch(state, run.run_epoch(state))
+                board.epoch(model, state.metrics[-1], preprocess, *pictured)
+        board.close()
+        if checkpoints.run_dir is not None:
+            x, inputs = pictured
+            write_pictures(model, x, checkpoints.run_dir, state.metrics, preprocess=preprocess,
+                           inputs=inputs)  # fmt: skip
     return TrainResult(model, checkpoints.run_dir, state.metrics, state.best, step.loss.mode, how)
 
 
@@ -175,8 +200,8 @@ def _preflight(
     model, cfg: TrainConfig, preprocess: Preprocess, train, train_inputs, test, test_inputs
 ) -> tuple[ELBO, str]:
     """Before the first step: the sizes, every datapoint against the model's support, the
-    estimator against the model (one traced pass of two datapoints), and the estimator of the
-    held-out ELBO with how it takes the KL.
+    estimator against the model (one traced pass of two datapoints), the memory of a step,
+    and the estimator of the held-out ELBO with how it takes the KL.
 
     :raises ValueError: naming what does not fit and what to do.
     """
@@ -184,10 +209,13 @@ def _preflight(
     check_data(model, train, preprocess, "training", train_inputs)
     if test is not None:
         check_data(model, test, preprocess, "test", test_inputs)
-    traced = probe(model, *_first_two(train, train_inputs, preprocess))
+    first_two = _first_two(train, train_inputs, preprocess)
+    traced = probe(model, *first_two)
     why = None if traced is None else estimator_refusal(cfg.estimator, *traced)
     if why is not None:
         raise ValueError(why)
+    if traced is not None:  # else the first step names the invalid parameters
+        check_step_memory(step_memory(model, cfg, *first_two), cfg, train.device)
     return heldout_choice(traced)
 
 
@@ -226,6 +254,16 @@ class _Run:
     checkpoints: Checkpointer
     held_out: ELBO  # the estimator of the held-out ELBO
     stop: StopRequest = field(default_factory=StopRequest)
+    watch: DivergenceWatch = field(init=False)
+    checked_step: int = field(init=False)  # the last step whose parameters were checked
+
+    def __post_init__(self):
+        self.watch = DivergenceWatch(self.cfg.divergence_factor)
+
+    def resume_at(self, state: TrainState) -> None:
+        """Continue the watches of a run from ``state`` (the best training loss so far)."""
+        self.checked_step = state.step
+        self.watch.best = min((-r["train_elbo"] for r in state.metrics), default=math.inf)
 
     def run_epoch(self, state: TrainState) -> _Epoch:
         """Train on the epoch's remaining batches, reading the loss every ``log_every`` steps.
@@ -250,14 +288,18 @@ class _Run:
                 self._interrupt(state, epoch, i)
             x, inputs = self._batch(cursor.perm, i)  # (B, *event_shape), each (B, ...)
             loss = self._step(state, epoch, x, inputs)
+            if state.step == 1:  # the untrained model's loss: the divergence check's baseline
+                self.watch.diverged(loss.item())
             cursor.loss_sum += loss * x.shape[0]
             window_loss += loss
             window_n += 1
             bar.update()
             if state.step % self.cfg.log_every == 0 or i == spe - 1:
                 self._check(state, epoch)
+                mean_loss = (window_loss / window_n).item()  # per datapoint
+                self._check_divergence(state, epoch, mean_loss, "training loss")
                 if not self.cfg.quiet:
-                    bar.set_postfix(elbo=f"{-(window_loss / window_n).item():.2f}")
+                    bar.set_postfix(elbo=f"{-mean_loss:.2f}")
                 window_loss.zero_()
                 window_n = 0
         return epoch
@@ -267,10 +309,7 @@ class _Run:
         train_elbo = -(epoch.cursor.loss_sum / self.schedule.n).item()
         test_elbo = math.nan
         if self.test is not None:
-            test_elbo = evaluate_elbo(
-                self.model, self.test, self.preprocess, inputs=self.test_inputs,
-                estimator=self.held_out,
-            )  # fmt: skip
+            test_elbo = self._test_elbo(state, epoch)
         state.metrics.append(
             {
                 "epoch": state.epoch + 1,
@@ -289,6 +328,33 @@ class _Run:
         state.best = max(state.best, score)
         state.epoch += 1
         self.checkpoints.end_epoch(state, improved)
+
+    def _test_elbo(self, state: TrainState, epoch: _Epoch) -> float:
+        """The held-out ELBO per datapoint; a test ELBO that diverged, or that Pyro's
+        validation refuses (a distribution parameter made invalid by the update), stops the
+        run naming the step, before any checkpoint is written."""
+        try:
+            test_elbo = evaluate_elbo(
+                self.model, self.test, self.preprocess, inputs=self.test_inputs,
+                estimator=self.held_out,
+            )  # fmt: skip
+        except ValueError as e:
+            if not invalid_distribution_argument(e):
+                raise
+            epoch.bar.close()
+            raise NonFiniteLossError(
+                f"the held-out ELBO after step {state.step} (epoch {state.epoch + 1}) could not "
+                f"be computed: Pyro's validation refused a distribution parameter "
+                f"({constraint_text(e)}). Training stopped; {self.checkpoints.kept()}. Lower "
+                f"--lr or add --grad-clip.",
+                step=state.step,
+                term=None,
+            ) from e
+        if state.metrics and math.isfinite(state.best):
+            watch = DivergenceWatch(self.cfg.divergence_factor, -state.best)
+            if watch.diverged(-test_elbo):
+                self._diverged(state, epoch, -test_elbo, watch.best, "held-out loss")
+        return test_elbo
 
     def _batch(self, perm: torch.Tensor, batch: int) -> tuple[torch.Tensor, tuple]:
         """Batch ``batch`` of the epoch with permutation ``perm``, as the model sees it, and
@@ -335,6 +401,36 @@ class _Run:
         except NonFiniteLossError:
             epoch.bar.close()
             raise
+        bad = non_finite_state(self.model, self.step.optimizer)
+        if bad is not None:
+            epoch.bar.close()
+            raise NonFiniteLossError(
+                f"{bad} became non-finite in an update between steps {self.checked_step + 1} "
+                f"and {state.step} (epoch {state.epoch + 1}), although every loss and gradient "
+                f"was finite: the update overflowed. Training stopped; "
+                f"{self.checkpoints.kept()}. Lower --lr, or add --grad-clip.",
+                step=state.step,
+                term="update",
+            )
+        self.checked_step = state.step
+
+    def _check_divergence(self, state: TrainState, epoch: _Epoch, loss: float, what: str):
+        """Stop with :class:`DivergedError` if ``loss`` shows the run diverged."""
+        best = self.watch.best
+        if self.watch.diverged(loss):
+            self._diverged(state, epoch, loss, best, what)
+
+    def _diverged(self, state: TrainState, epoch: _Epoch, loss: float, best: float, what: str):
+        epoch.bar.close()
+        raise DivergedError(
+            f"the run diverged at step {state.step} (epoch {state.epoch + 1}): the {what} per "
+            f"datapoint rose to {loss:.4g} nats from its best {best:.4g}, more than "
+            f"--divergence-factor {self.cfg.divergence_factor:g} x max(|best|, 1) above it. "
+            f"Training stopped; {self.checkpoints.kept()}. Lower --lr or add --grad-clip (or "
+            f"raise --divergence-factor; 0 turns the check off).",
+            step=state.step,
+            term="diverged",
+        )
 
     def _interrupt(self, state: TrainState, epoch: _Epoch, batch: int) -> None:
         """Save the epoch's cursor at ``batch`` (after the guard's check) and stop."""
@@ -343,4 +439,4 @@ class _Run:
         epoch.cursor.batch = batch
         epoch.cursor.seconds = time.perf_counter() - epoch.started
         self.checkpoints.save("checkpoint.pt", state, epoch.cursor)
-        raise TrainingInterrupted(state.step, self.checkpoints.run_dir)
+        raise TrainingInterrupted(state.step, self.checkpoints.run_dir, self.stop.signum)

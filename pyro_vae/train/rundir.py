@@ -18,20 +18,27 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import platform
+import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import pyro
 import torch
+
+from pyro_vae.files import atomic_write_text, remove_temp_files
+
+try:
+    import fcntl
+except ImportError:  # Windows: no run-directory lock
+    fcntl = None
 
 METRIC_FIELDS = ("epoch", "step", "train_elbo", "test_elbo", "seconds", "lr", "beta")
 
@@ -52,36 +59,6 @@ def default_run_dir(dataset: str, likelihood: str, estimator: str, root: str = "
     name = Path(dataset).name or dataset  # a path names the run by its last part
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{stamp}-{name}-{likelihood}-{estimator}"
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it over ``path``
-    and fsync the folder: readers see the old file or the new one, never a part of one.
-
-    The temporary file is named ``.<target>.<random>.tmp`` and removed if ``write`` fails;
-    one that a killed process left behind is removed by :func:`remove_stale_temp_files`.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _git_sha() -> str | None:
@@ -128,16 +105,159 @@ def prepare(run_dir: str | Path) -> Path:
     return run_dir
 
 
-def remove_stale_temp_files(run_dir: Path) -> list[Path]:
-    """Delete the temporary files of writes that a killed process left behind.
+#: the run directory's lock file (see :class:`RunLock`)
+LOCK_NAME = ".lock"
+#: files of pyro-vae's own bookkeeping, which do not make a folder "hold" anything
+_BOOKKEEPING = (LOCK_NAME, ".write-test")
 
-    :func:`atomic_write` names them ``.<target>.<random>.tmp``; a
-    finished write renames its file, so any that remain belong to a dead writer.
+
+class RunLock:
+    """An exclusive lock on a run directory, held for the whole of a training run (new or
+    resumed), so that two processes never write the same run.
+
+    The lock is ``flock`` on ``RUN_DIR/.lock``, which names its holder (pid, host, time). The
+    kernel releases it when the holder exits, however it exits (``kill -9`` included), so a
+    lock left by a crash is stale at once: the next process takes it. Where ``flock`` is
+    missing (Windows), there is no lock and nothing else changes.
+
+    :raises RunDirectoryError: another live process holds the lock (it is named).
     """
-    stale = sorted(run_dir.glob(".*.tmp"))
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+
+    def __init__(self, run_dir: Path, created: bool = False):
+        self.run_dir = Path(run_dir)
+        self.created = created  # by this process: removed on release if nothing was written
+        self._file = None
+
+    def acquire(self) -> RunLock:
+        if fcntl is None:
+            return self
+        path = self.run_dir / LOCK_NAME
+        f = open(path, "a+")  # noqa: SIM115 (held open for as long as the lock is held)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunDirectoryError(
+                f"{self.run_dir} is in use by another pyro-vae process ({holder}); wait for it "
+                f"to finish, stop it, or choose another --out"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        """Release the lock. The lock file stays (removing it would race with the next
+        taker), unless this process created the folder and wrote nothing else in it: then the
+        folder goes too."""
+        if self._file is None:
+            return
+        if self.created and _holds_nothing(self.run_dir):
+            with contextlib.suppress(OSError):
+                (self.run_dir / LOCK_NAME).unlink()
+                self.run_dir.rmdir()
+        self._file.close()  # closing the descriptor releases the flock
+        self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def visiting(run_dir: str | Path) -> Iterator[bool]:
+    """For a command that reads a run directory and writes beside it (``evaluate``,
+    ``sample``): the lock is taken if it is free, and then the temporary files of writes a
+    killed process left are removed; if a training run holds it, nothing is removed (its
+    writes are live) and the command goes on (its own writes are atomic).
+
+    :returns: whether the lock was taken.
+    """
+    run_dir = Path(run_dir)
+    lock = RunLock(run_dir)
+    held = False
+    if (run_dir / "config.json").is_file():  # a run directory: no lock file in other folders
+        try:
+            held = bool(lock.acquire())
+        except OSError:  # held by a training run (RunDirectoryError), or read-only
+            pass
+    try:
+        if held:
+            remove_temp_files(run_dir)
+        yield held
+    finally:
+        lock.release()
+
+
+def claim(run_dir: str | Path, resume: bool) -> RunLock:
+    """Create (if needed) and lock the run directory of a training run; return the held lock.
+
+    With the lock held, the temporary files of writes a killed process left are removed. A new
+    run starts only in a folder that is absent or empty; a folder with an unfinished run of
+    pyro-vae that has no checkpoint yet (killed while writing its first) is refused with how
+    to resume it, and any other non-empty folder is refused: nothing in it is touched.
+
+    :raises RunDirectoryError: the folder cannot be written, another process holds it, or it
+        is not a folder a new run may start in.
+    """
+    created = not Path(run_dir).exists()
+    run_dir = prepare(run_dir)
+    lock = RunLock(run_dir, created).acquire()
+    try:
+        remove_temp_files(run_dir)
+        if not resume:
+            _check_new_run_folder(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _held(run_dir: Path) -> list[str]:
+    """What the folder holds, besides pyro-vae's bookkeeping."""
+    return sorted(p.name for p in run_dir.iterdir() if p.name not in _BOOKKEEPING)
+
+
+def _holds_nothing(run_dir: Path) -> bool:
+    try:
+        return not _held(run_dir)
+    except OSError:
+        return False
+
+
+def _check_new_run_folder(run_dir: Path) -> None:
+    held = _held(run_dir)
+    if not held:
+        return
+    if "checkpoint.pt" in held:
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run (checkpoint.pt); continue it with pyro-vae train "
+            f"--resume {run_dir}, or choose another --out"
+        )
+    if held == ["config.json"] and _is_run_config(run_dir / "config.json"):
+        raise RunDirectoryError(
+            f"{run_dir} holds a pyro-vae run that stopped before its first checkpoint; start "
+            f"it with pyro-vae train --resume {run_dir}, or remove the folder"
+        )
+    shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+    raise RunDirectoryError(
+        f"{run_dir} is not empty (it holds {shown}); a new run starts only in an absent or "
+        f"empty folder, so that nothing is overwritten: choose another --out"
+    )
+
+
+def _is_run_config(path: Path) -> bool:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"model", "data", "train"} <= set(config)
 
 
 def write_config(run_dir: Path, config: dict) -> None:

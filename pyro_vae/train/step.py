@@ -10,7 +10,9 @@ term of a bad step by tracing it once more with validation on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from pyro import poutine
@@ -19,6 +21,7 @@ from torch import nn
 from pyro_vae.config import TrainConfig
 from pyro_vae.infer import CapturedLoss, make_estimator
 from pyro_vae.models import latent_sites, observed_sites
+from pyro_vae.train.schedules import BurdaLR
 from pyro_vae.validation import constraint_text, invalid_distribution_argument
 
 
@@ -35,12 +38,19 @@ class NonFiniteLossError(RuntimeError):
         self.step, self.term = step, term
 
 
+class DivergedError(NonFiniteLossError):
+    """The loss stayed finite but rose by orders of magnitude above its best: the run diverged
+    (see :class:`DivergenceWatch`); training stopped, checkpoints kept. ``term`` is
+    ``"diverged"``."""
+
+
 def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam over every parameter of ``module``, fused: one kernel per step, and it honours
     ``found_inf`` (see :class:`NonFiniteGuard`)."""
     return torch.optim.Adam(
-        module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
-    )
+        module.parameters(), lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
+        fused=True,
+    )  # fmt: skip
 
 
 def make_scheduler(
@@ -49,6 +59,8 @@ def make_scheduler(
     """The learning-rate schedule of ``cfg`` over ``total_steps`` (``None``: constant)."""
     if cfg.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    if cfg.lr_schedule == "burda":
+        return BurdaLR(optimizer, cfg.epochs, total_steps // cfg.epochs)
     return None
 
 
@@ -218,6 +230,52 @@ def diagnose_non_finite(model, x: torch.Tensor, *inputs: torch.Tensor) -> tuple[
         "one traced pass of that batch with the same parameters gives finite terms: the "
         "gradient was non-finite, or the fault depended on the random draw of z"
     )
+
+
+def non_finite_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
+    """The first parameter or optimizer state of ``module`` that holds a NaN or an infinity,
+    by name (``None``: all finite); one host sync.
+
+    The guard checks the loss and the gradients before each update; an update can still
+    overflow (a learning rate too large), and a checkpoint must never keep what it made.
+    """
+    names = {p: name for name, p in module.named_parameters()}
+    named = [(name, p) for name, p in module.named_parameters()]
+    for p, slots in optimizer.state.items():
+        for key, t in slots.items():
+            if isinstance(t, torch.Tensor) and t.dim() > 0:
+                named.append((f"the optimizer's {key} of {names.get(p, 'a parameter')}", t))
+    named = [(name, t) for name, t in named if t.is_floating_point()]
+    if not named:
+        return None
+    finite = torch.stack([t.isfinite().all() for _, t in named])  # (n,)
+    if bool(finite.all()):
+        return None
+    return named[int((~finite).nonzero()[0, 0])][0]
+
+
+@dataclass
+class DivergenceWatch:
+    """Stops a diverged run: a loss that stays finite but rises by orders of magnitude above
+    the best seen (``--lr 1e6`` with a Bernoulli likelihood reaches a loss of 1e27 nats).
+
+    The loss per datapoint is read at the loop's host syncs (every ``log_every`` steps); a
+    run has diverged when it exceeds the best by ``factor * max(|best|, 1)``.
+
+    :param factor: how far above the best counts as diverged (``0``: never).
+    :ivar best: the lowest loss per datapoint seen.
+    """
+
+    factor: float
+    best: float = math.inf
+
+    def diverged(self, loss: float) -> bool:
+        """Record ``loss`` (per datapoint); whether it shows the run has diverged."""
+        if self.factor > 0 and math.isfinite(self.best):
+            if loss - self.best > self.factor * max(abs(self.best), 1.0):
+                return True
+        self.best = min(self.best, loss)
+        return False
 
 
 def non_finite_parameter(error: ValueError, model) -> bool:

@@ -46,11 +46,12 @@ from pyro_vae.eval.bounds import (
 )
 from pyro_vae.eval.latents import active_units
 from pyro_vae.eval.plots import save_panels
+from pyro_vae.files import atomic_write_text
 from pyro_vae.models import VAE, Likelihood, evaluation_mode
 from pyro_vae.models.likelihoods import mse_scale
 from pyro_vae.runs import load_split
 from pyro_vae.train import NonFiniteLossError, fit
-from pyro_vae.train.rundir import atomic_write_text, environment, prepare
+from pyro_vae.train.rundir import environment, prepare
 from pyro_vae.validation import validation_refusal
 
 #: the run settings the pitfalls use (the likelihood, preprocessing and networks are each
