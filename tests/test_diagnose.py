@@ -1,6 +1,7 @@
 """``pyro-vae diagnose``: verdicts on crafted arrays, agreement with the trainer, the command."""
 
 import argparse
+import math
 import os
 import re
 import shlex
@@ -51,9 +52,13 @@ def test_binary_data_fit_the_bernoulli_and_make_densities_unbounded():
     ):
         d = diagnose_data(x)
         assert d.kind == "binary" and d.num_distinct == 2
-        assert set(d.valid_likelihoods) == set(LIKELIHOODS)
+        # exact 0s and 1s are outside a Beta's support unless dequantized (uint8)
+        beta_valid = x.dtype == np.uint8
+        assert set(d.valid_likelihoods) == set(LIKELIHOODS) - (set() if beta_valid else {"beta"})
+        assert beta_valid or "strictly inside (0, 1)" in d.verdict("beta").reason
         bern = d.verdict("bernoulli")
         assert bern.discrete and bern.caution is None
+        assert d.recommended[0].likelihood == "bernoulli"  # two values: the tightest pmf
         for name in ("continuous-bernoulli", "normal"):
             v = d.verdict(name)
             assert v.discrete is False
@@ -67,7 +72,7 @@ def test_binary_data_fit_the_bernoulli_and_make_densities_unbounded():
 def test_8bit_grey_levels():
     d = diagnose_data(_grey8(), name="grey")
     assert d.kind == "8-bit" and d.num_distinct == 256 and (d.low, d.high) == (0, 255)
-    assert d.valid_likelihoods == ("bernoulli", "continuous-bernoulli", "normal")
+    assert d.valid_likelihoods == tuple(sorted(LIKELIHOODS))
     bern, cb = d.verdict("bernoulli"), d.verdict("continuous-bernoulli")
     assert (bern.binarize, bern.dequantize) == ("dynamic", False)
     assert (cb.binarize, cb.dequantize) == ("none", True) and cb.caution is None
@@ -83,6 +88,57 @@ def test_8bit_grey_levels():
     assert not raw.verdict("bernoulli").valid
     assert "--binarize dynamic" in raw.verdict("bernoulli").reason
     assert raw.verdict("continuous-bernoulli").valid  # dequantized by default, binarize none
+
+
+def test_8bit_levels_recommend_the_pmf_over_the_levels_then_the_dequantized_densities():
+    d = diagnose_data(_grey8())
+    order = [v.likelihood for v in d.recommended]
+    # the exact pmf first; then the densities, tightest support first (ties by name)
+    assert order == ["discretized-logistic", "beta", "continuous-bernoulli", "laplace", "normal"]
+    assert "bernoulli" not in order  # valid, but on binarized draws, not on these levels
+    dl = d.verdict("discretized-logistic")
+    assert (dl.binarize, dl.dequantize, dl.discrete) == ("none", False, True)
+    assert dl.bits_per_dim == "exact" and dl.support_extent == 256
+    assert "-log p(x) / (D ln 2) is exact" in dl.reason
+    for name in ("beta", "continuous-bernoulli", "laplace", "normal"):
+        v = d.verdict(name)
+        assert v.dequantize and v.bits_per_dim == "dequantization-bound", name
+    assert d.verdict("bernoulli").bits_per_dim is None
+    assert [d.verdict(n).support_extent for n in ("beta", "laplace")] == [1.0, math.inf]
+    report = " ".join(format_diagnosis(d).split())
+    assert "1. discretized-logistic (--binarize none --no-dequantize): 8-bit levels" in report
+    assert "5. normal (--binarize none --dequantize)" in report
+    assert "-log p(x) / 11.1, exact" in report  # D ln 2 for D = 16
+    # dequantized, the levels are off the pmf's support, and it says what to do
+    deq = diagnose_data(_grey8(), dequantize=True)
+    assert not deq.verdict("discretized-logistic").valid
+    assert "--no-dequantize" in deq.verdict("discretized-logistic").reason
+
+
+def test_proportions_inside_the_unit_interval_recommend_the_beta_first():
+    x = _rng().beta(2.0, 5.0, (N, D)).astype(np.float32)
+    d = diagnose_data(x)
+    assert d.kind == "unit-interval" and d.low > 0 and d.high < 1
+    assert [v.likelihood for v in d.recommended][:2] == ["beta", "continuous-bernoulli"]
+    assert not d.verdict("discretized-logistic").valid  # floats off the 8-bit levels
+    # one exact 0 and the Beta is refused with what to do; continuous-bernoulli comes first
+    x[5, 3] = 0.0
+    e = diagnose_data(x)
+    assert not e.verdict("beta").valid and "squash" in e.verdict("beta").reason
+    assert e.recommended[0].likelihood == "continuous-bernoulli"
+
+
+def test_heavy_tails_are_measured_and_both_densities_on_the_reals_recommended():
+    laplace = diagnose_data(_rng().laplace(size=(4000, D)).astype(np.float32))
+    normal = diagnose_data(_rng().standard_normal((4000, D)).astype(np.float32))
+    # excess kurtosis: 3 for Laplace values, 0 for Normal ones (sample SE about 0.1 here)
+    assert laplace.excess_kurtosis == pytest.approx(3.0, abs=0.5)
+    assert normal.excess_kurtosis == pytest.approx(0.0, abs=0.2)
+    for d in (laplace, normal):
+        assert [v.likelihood for v in d.recommended] == ["laplace", "normal"]
+    assert "heavy tails" in laplace.verdict("laplace").fits
+    assert "tails: excess kurtosis 3" in " ".join(format_diagnosis(laplace).split())
+    assert diagnose_data(np.zeros((4, 3), np.float32)).excess_kurtosis is None  # constant
 
 
 def test_17_levels_stored_as_uint8_are_caught_and_the_suggested_rescaling_fixes_them():
@@ -156,14 +212,14 @@ def test_unbounded_reals_fit_only_the_normal():
     d = diagnose_data(x)
     assert d.kind == "real" and d.num_distinct == len(np.unique(x))
     assert (d.low, d.high) == (x.min(), x.max())
-    assert d.valid_likelihoods == ("normal",)
+    assert d.valid_likelihoods == ("laplace", "normal")
     assert d.verdict("normal").caution is None and not d.verdict("normal").dequantize
     assert "probabilities" in d.verdict("bernoulli").reason  # binarization reads floats so
     assert "Rescale the data" in d.verdict("continuous-bernoulli").reason
     assert "unbounded" in d.advice_on("bce-grey")[0].text
     assert d.advice_on("units")
     out = " ".join(format_diagnosis(d, "continuous-bernoulli").split())
-    assert "NOT valid" in out and "valid here: normal" in out
+    assert "NOT valid" in out and "valid here: laplace, normal" in out
 
 
 def test_constant_pixels_are_counted():
@@ -185,7 +241,7 @@ def test_loader_refusals_and_unknown_names():
         diagnose_data(np.array([[0, 300], [1, 2]], dtype=np.int64))
     with pytest.raises(DataFormatError, match="1 NaN/inf value"):
         diagnose_data(np.array([[0.5, np.nan], [0.1, 0.2]]))
-    with pytest.raises(UnknownNameError, match="bernoulli, continuous-bernoulli, normal"):
+    with pytest.raises(UnknownNameError, match="bernoulli, beta, continuous-bernoulli"):
         diagnose_data(_grey8()).verdict("gaussian")
     assert set(KINDS) == {"binary", "8-bit", "low-levels", "unit-interval", "real"}
 
@@ -229,7 +285,8 @@ def test_verdicts_agree_with_what_the_trainer_does(source, tmp_path):
         except ValueError:
             accepted = False
         assert verdict.valid == accepted, (name, verdict.reason)
-    expected = {"shapes": 3, "float-npy": 3, "reals-npy": 1}[source]
+    # shapes (8-bit): all six; floats in [0, 1): not the pmf over levels; reals: the two on R
+    expected = {"shapes": 6, "float-npy": 5, "reals-npy": 2}[source]
     assert len(d.valid_likelihoods) == expected
 
 
@@ -244,7 +301,7 @@ def test_cli_diagnose_in_process(capsys):
     assert cli_main(["diagnose", *small, "--likelihood", "bernoulli", "--binarize", "none"]) == 1
     out = " ".join(capsys.readouterr().out.split())
     assert "--likelihood bernoulli: NOT valid" in out
-    assert "valid here: continuous-bernoulli, normal" in out
+    assert "valid here: beta, continuous-bernoulli, discretized-logistic, laplace, normal" in out
     assert cli_main(["diagnose", *small, "--likelihood", "normal"]) == 0
     assert "--likelihood normal: valid for these data" in " ".join(capsys.readouterr().out.split())
 

@@ -23,7 +23,7 @@ def test_use_from_python_snippets_run(tmp_path, monkeypatch, capsys):
         for block in blocks:
             exec(compile(block, "README.md", "exec"), {})
     finally:
-        LIKELIHOODS._entries.pop("laplace", None)
+        LIKELIHOODS._entries.pop("student-t", None)
     out = capsys.readouterr().out
     elbo = float(re.search(r"test ELBO: (-?[\d.]+)", out).group(1))
     iwae = float(re.search(r"IWAE-50 bound: (-?[\d.]+)", out).group(1))

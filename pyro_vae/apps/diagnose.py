@@ -11,8 +11,12 @@ A verdict is not an if-chain over likelihood names: every likelihood in
 :data:`~pyro_vae.models.LIKELIHOODS` is built, the data are prepared exactly as
 ``pyro-vae train`` would prepare them for it (its default ``--binarize``/``--dequantize``, or
 the ones given), and the likelihood's own support check (the one training runs) decides;
-its message says what to do. Whether a likelihood is a probability mass function or a density
-is read from its distribution's ``support``.
+its message says what to do. Whether a likelihood is a probability mass function (over the
+8-bit levels, with exact bits/dim, or not) or a density is read from its distribution's
+``support``. The recommended likelihoods are the valid ones that see the data as they are
+(not binarized), with nothing to caution against, the tightest support first
+(:attr:`Verdict.support_extent`); each says what data it is for
+(:attr:`~pyro_vae.models.Likelihood.fits`).
 
 The preprocessing defaults are the trainer's own: :meth:`~pyro_vae.config.DataConfig.resolved`,
 as :func:`pyro_vae.runs.resolve_data` applies them.
@@ -27,10 +31,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 import torch
+from torch.distributions import constraints
 
 from pyro_vae.config import DataConfig
 from pyro_vae.data import DataSplit, Preprocess, as_loaded
+from pyro_vae.eval.bounds import BITS_DEQUANTIZED, BITS_EXACT, base_support, is_level_pmf
 from pyro_vae.models import LIKELIHOODS, make_likelihood
+from pyro_vae.models.discretized_logistic import LevelGrid
 from pyro_vae.models.likelihoods import mse_scale
 from pyro_vae.train.checks import CHECK_CHUNK
 
@@ -73,6 +80,13 @@ class Verdict:
         values, which grows without bound), or ``None``.
     :ivar discrete: the likelihood is a probability mass function (log p(x) <= 0), not a
         density; ``None`` if it could not be built.
+    :ivar bits_per_dim: how ``pyro-vae evaluate`` would report bits/dim:
+        ``"exact"`` (a pmf over the 8-bit levels), ``"dequantization-bound"`` (a density on
+        dequantized levels), or ``None`` (not at all).
+    :ivar support_extent: how much the support spans: its number of values for a pmf (2 for
+        the Bernoulli, 256 for the 8-bit levels), its length for a density (``inf`` on the
+        real line). A tighter support wastes no probability where the data cannot be.
+    :ivar fits: what data the likelihood is for, in its own words.
     """
 
     likelihood: str
@@ -83,6 +97,9 @@ class Verdict:
     reason: str
     caution: str | None = None
     discrete: bool | None = None
+    bits_per_dim: str | None = None
+    support_extent: float = math.inf
+    fits: str = ""
 
     @property
     def flags(self) -> str:
@@ -115,6 +132,9 @@ class Diagnosis:
     :ivar constant_dims: dimensions with the same value in every datapoint.
     :ivar data_sd: mean over dimensions of the standard deviation over datapoints, of the
         values as model input (``k / 255`` for uint8).
+    :ivar excess_kurtosis: mean over the non-constant dimensions of the excess kurtosis over
+        datapoints (0 for a Normal, 3 for a Laplace; heavy tails above), ``None`` when every
+        dimension is constant.
     :ivar verdicts: one per registered likelihood, in name order.
     :ivar advice: findings, most specific first.
     """
@@ -130,6 +150,7 @@ class Diagnosis:
     integer_valued: bool
     constant_dims: int
     data_sd: float
+    excess_kurtosis: float | None
     verdicts: tuple[Verdict, ...]
     advice: tuple[Advice, ...]
 
@@ -149,6 +170,18 @@ class Diagnosis:
     @property
     def valid_likelihoods(self) -> tuple[str, ...]:
         return tuple(v.likelihood for v in self.verdicts if v.valid)
+
+    @property
+    def recommended(self) -> tuple[Verdict, ...]:
+        """The likelihoods to use: valid, with no caution, seeing the data as they are (not
+        binarized, unless they are binary already); a pmf before a density, then the
+        tightest support first (:attr:`Verdict.support_extent`; ties in name order)."""
+        fit = [
+            v
+            for v in self.verdicts
+            if v.valid and v.caution is None and (v.binarize == "none" or self.kind == "binary")
+        ]
+        return tuple(sorted(fit, key=lambda v: (not v.discrete, v.support_extent)))
 
     def verdict(self, likelihood: str) -> Verdict:
         """The verdict on ``likelihood``.
@@ -175,6 +208,17 @@ def _distinct(x: torch.Tensor) -> torch.Tensor:
     return torch.unique(x).to(torch.float64)
 
 
+def _excess_kurtosis(flat: torch.Tensor) -> float | None:
+    """Mean over the non-constant dimensions of ``E[(x - m)^4] / var^2 - 3``: ``(N, D)``."""
+    centred = flat - flat.mean(0)  # (N, D)
+    var = centred.square().mean(0)  # (D,)
+    varying = var > 0
+    if len(flat) < 2 or not bool(varying.any()):
+        return None
+    fourth = centred[:, varying].pow(4).mean(0)
+    return (fourth / var[varying].square() - 3).mean().item()
+
+
 def _kind(x: torch.Tensor, values: torch.Tensor) -> str:
     ones = 255.0 if x.dtype == torch.uint8 else 1.0
     if bool(((values == 0) | (values == ones)).all()):
@@ -194,7 +238,7 @@ def _describe_preprocessing(binarize: str, dequantize: bool, is_8bit: bool) -> s
     if binarize == "threshold":
         return f"binarized: {p} > 0.5"
     if dequantize:
-        return "dequantized: (k + u)/256, u ~ U[0, 1)"
+        return "dequantized: (k + u)/256, u ~ U(0, 1)"
     return "read as k/255" if is_8bit else "used as stored"
 
 
@@ -205,6 +249,37 @@ def _trainer_preprocessing(
     (:meth:`~pyro_vae.config.DataConfig.resolved`, as :func:`pyro_vae.runs.resolve_data`)."""
     resolved = DataConfig(binarize=binarize, dequantize=dequantize).resolved(likelihood, is_8bit)
     return resolved.binarize, bool(resolved.dequantize)
+
+
+def _support_extent(fn) -> float:
+    """The number of values of a discrete support, the length of a continuous one."""
+    support = base_support(fn)
+    if isinstance(support, LevelGrid):
+        return float(support.levels)
+    if support is constraints.boolean:
+        return 2.0
+    low = getattr(support, "lower_bound", -math.inf)
+    high = getattr(support, "upper_bound", math.inf)
+    if support.is_discrete:
+        return float(high - low + 1)  # an integer interval; inf where unbounded
+    return float(high - low)
+
+
+def _support_reason(discrete: bool, exact: bool, binarized: bool, dequantized: bool) -> str:
+    """What the likelihood's numbers mean on data so prepared."""
+    if discrete:
+        reason = "a probability mass function: log p(x) <= 0, so the loss is >= 0"
+        if binarized:
+            return reason + "; of binarized draws, so not comparable with a density's log p(x)"
+        if exact:
+            reason += (
+                "; over the 8-bit levels themselves, so bits/dim = -log p(x) / (D ln 2) is exact"
+            )
+        return reason
+    reason = "a density: log p(x) can be positive and the loss negative, which alone is no bug"
+    if dequantized:
+        return reason + "; bits/dim = 8 - log p(x) / (D ln 2) (a bound) compares models"
+    return reason + "; no bits/dim (not dequantized 8-bit levels)"
 
 
 def _verdict(
@@ -220,9 +295,11 @@ def _verdict(
     try:
         lik = make_likelihood(name, split.event_shape)
         params = torch.zeros(1, *lik.param_shape)  # (1, *param_shape)
-        discrete = bool(lik.distribution(params).support.is_discrete)
+        fn = lik.distribution(params)
+        discrete = bool(fn.support.is_discrete)
     except (TypeError, ValueError, NotImplementedError) as e:
         return Verdict(name, False, b, deq, words, f"cannot be built with default options: {e}")
+    facts = {"discrete": discrete, "support_extent": _support_extent(fn), "fits": lik.fits}
     try:
         pre = Preprocess(b, deq, seed)
         prepared = pre.prepare(split).train  # (N, *event_shape)
@@ -231,31 +308,22 @@ def _verdict(
             for i in range(0, len(prepared), CHECK_CHUNK):
                 lik.check_support(pre(prepared[i : i + CHECK_CHUNK]))
     except ValueError as e:  # DataSupportError, or preprocessing these data do not allow
-        return Verdict(name, False, b, deq, words, str(e), discrete=discrete)
+        return Verdict(name, False, b, deq, words, str(e), **facts)
 
     binarized = b != "none"
-    if discrete:
-        reason = "a probability mass function: log p(x) <= 0, so the loss is >= 0"
-        if binarized:
-            reason += "; of binarized draws, so not comparable with a density's log p(x)"
-        caution = None
-    else:
-        reason = "a density: log p(x) can be positive and the loss negative, which alone is no bug"
-        reason += (
-            "; bits/dim = 8 - log p(x) / (D ln 2) compares models"
-            if deq
-            else "; no bits/dim (not dequantized 8-bit levels)"
-        )
+    exact = is_level_pmf(fn) and not binarized
+    reason = _support_reason(discrete, exact, binarized, deq)
+    bits = BITS_EXACT if exact else (BITS_DEQUANTIZED if deq and not discrete else None)
+    caution = None
+    if not discrete and (binarized or (not deq and num_distinct <= DISCRETE_VALUES)):
         values = 2 if binarized else num_distinct
-        caution = None
-        if binarized or (not deq and num_distinct <= DISCRETE_VALUES):
-            caution = (
-                f"the data it sees take only {values} distinct values: a density on a finite "
-                f"set of values grows without bound as it concentrates on them, so the ELBO "
-                f"climbs to the likelihood's floor, not to a likelihood. Dequantize 8-bit levels "
-                f"(store them as uint8; --dequantize), or use a discrete likelihood"
-            )
-    return Verdict(name, True, b, deq, words, reason, caution, discrete)
+        caution = (
+            f"the data it sees take only {values} distinct values: a density on a finite "
+            f"set of values grows without bound as it concentrates on them, so the ELBO "
+            f"climbs to the likelihood's floor, not to a likelihood. Dequantize 8-bit levels "
+            f"(store them as uint8; --dequantize), or use a discrete likelihood"
+        )
+    return Verdict(name, True, b, deq, words, reason, caution, bits_per_dim=bits, **facts)
 
 
 # ----------------------------------------------------------------------- advice
@@ -266,10 +334,11 @@ def _rescale_levels(kmax: int) -> str:
     exact levels (a density on finitely many values is unbounded)."""
     return (
         f"rescale the levels to 0..255 before saving, as uint8: "
-        f"np.round(x * (255 / {kmax})).astype(np.uint8). Then continuous-bernoulli and "
-        f"normal see them dequantized, (k + u)/256: continuous values, on which a density "
-        f"is bounded and bits/dim is meaningful; bernoulli binarizes them (its default "
-        f"--binarize dynamic, Bernoulli(k/255))."
+        f"np.round(x * (255 / {kmax})).astype(np.uint8). Then discretized-logistic models "
+        f"the levels as they are (exact bits/dim), the densities (continuous-bernoulli, "
+        f"normal, ...) see them dequantized, (k + u)/256: continuous values, on which a "
+        f"density is bounded and bits/dim is meaningful; bernoulli binarizes them (its "
+        f"default --binarize dynamic, Bernoulli(k/255))."
     )
 
 
@@ -313,7 +382,7 @@ def _levels_advice(kind: str, x: torch.Tensor, values: torch.Tensor) -> list[Adv
         text = (
             "the values lie on the grid k/255: 8-bit levels stored as floats. Save them as "
             "uint8 so that the trainer dequantizes them for continuous likelihoods and bits/dim "
-            "is defined."
+            "is defined (discretized-logistic takes the levels as they are, either way)."
         )
     else:
         return []
@@ -464,6 +533,7 @@ def diagnose_data(
         integer_valued=bool((values == values.round()).all()),
         constant_dims=constant_dims,
         data_sd=data_sd,
+        excess_kurtosis=_excess_kurtosis(model_input),
         verdicts=verdicts,
         advice=tuple(_advice(kind, x, values, constant_dims, data_sd)),
     )
@@ -478,9 +548,13 @@ def diagnose_split(split: DataSplit, **options) -> Diagnosis:
 # ----------------------------------------------------------------------- report
 
 
-def _wrap(text: str, indent: str, width: int = 96) -> str:
+def _wrap(text: str, indent: str, width: int = 96, hanging: str | None = None) -> str:
     return textwrap.fill(
-        text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+        text,
+        width,
+        initial_indent=indent,
+        subsequent_indent=indent if hanging is None else hanging,
+        break_on_hyphens=False,
     )
 
 
@@ -503,9 +577,13 @@ def format_diagnosis(d: Diagnosis, likelihood: str | None = None) -> str:
         + (" (all integers)" if d.integer_valued and d.dtype != "uint8" else "")
         + f"; {d.constant_dims} of {D} dimensions ({d.constant_fraction:.1%}) constant over "
         f"all datapoints",
-        "",
-        "likelihoods, with the data as `pyro-vae train` would prepare them:",
     ]
+    if d.kind in ("real", "unit-interval") and d.excess_kurtosis is not None:
+        lines.append(
+            f"tails: excess kurtosis {d.excess_kurtosis:.3g} (mean over the varying "
+            f"dimensions; 0 for Gaussian values, 3 for Laplace ones, above: heavy tails)"
+        )
+    lines += ["", "likelihoods, with the data as `pyro-vae train` would prepare them:"]
     width = max(len(v.likelihood) for v in d.verdicts)
     for v in d.verdicts:
         status = "valid" if v.valid else "INVALID"
@@ -513,8 +591,14 @@ def format_diagnosis(d: Diagnosis, likelihood: str | None = None) -> str:
         lines.append(_wrap(v.reason, " " * (width + 13)))
         if v.caution:
             lines.append(_wrap(f"caution: {v.caution}", " " * (width + 13)))
+    lines += ["", "recommended for these data (a pmf first, then the tightest support):"]
+    for i, v in enumerate(d.recommended, 1):
+        lines.append(_wrap(f"{i}. {v.likelihood} ({v.flags}): {v.fits}", "  ", hanging="     "))
+    if not d.recommended:
+        lines.append("  none: see the verdicts above and the mistakes below")
     pmf = [v.likelihood for v in d.verdicts if v.discrete]
     densities = [v.likelihood for v in d.verdicts if v.discrete is False]
+    exact = [v.likelihood for v in d.verdicts if v.bits_per_dim == BITS_EXACT]
     per_bit = D * math.log(2)
     units = [
         f"every pyro-vae figure is nats per datapoint, summed over the D = {D} dimensions; an "
@@ -525,8 +609,11 @@ def format_diagnosis(d: Diagnosis, likelihood: str | None = None) -> str:
         f"{', '.join(densities) or 'none'}: a density, whose value can exceed 1: log p(x) can "
         f"be positive and the loss negative, which alone is no bug.",
         f"bits/dim, for a density on dequantized 8-bit data: 8 - log p(x) / (D ln 2) = "
-        f"8 - log p(x) / {per_bit:.1f}; a uniform density (0 nats) is 8 bits/dim, lower is "
-        f"better.",
+        f"8 - log p(x) / {per_bit:.1f}, an upper bound; a uniform density (0 nats) is 8 "
+        f"bits/dim, lower is better.",
+        f"bits/dim, for a pmf over the 8-bit levels ({', '.join(exact) or 'none here'}): "
+        f"-log p(x) / (D ln 2) = -log p(x) / {per_bit:.1f}, exact (no dequantization); "
+        f"comparable with the densities' bound and the literature's figures.",
     ]
     lines += ["", "units:"] + [_wrap(u, "    ").replace("    ", "  - ", 1) for u in units]
     lines += ["", "mistakes that fit these data:"]

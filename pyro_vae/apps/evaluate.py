@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.config import DEVICES, at_least, resolve_device, setting
+from pyro_vae.config import DEVICES, DataConfig, at_least, resolve_device, setting
 from pyro_vae.eval import report
 from pyro_vae.eval.bounds import (
     DEFAULT_MEMORY_BUDGET_MB,
     ElboTerms,
     ImportanceResult,
-    bits_per_dim,
-    bits_per_dim_reason,
+    bits_per_dim_figures,
     elbo_terms,
     importance_log_px,
     standard_error,
@@ -120,7 +119,7 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, **settin
         "dataset": run.data.dataset,
         "seed": cfg.seed,
         "device": str(dev),
-        **_figures(model, imp, terms, units, bool(run.data.dequantize), cfg, inputs),
+        **_figures(model, imp, terms, units, run.data, cfg, inputs),
         "seconds": seconds,
     }
     latents = LatentSummary(means, terms.kl_per_dim.mean(0), layout, labels, label_names)
@@ -145,14 +144,17 @@ def _figures(
     imp: ImportanceResult,
     terms: ElboTerms,
     units: ActiveUnits | None,
-    dequantized: bool,
+    data: DataConfig,
     cfg: EvalConfig,
     inputs: tuple,
 ) -> dict:
-    """The numbers of ``summary.json`` (see the README's table of its keys)."""
-    num_dims = math.prod(model.event_shape)
-    reason = bits_per_dim_reason(model, dequantized, inputs)
+    """The numbers of ``summary.json`` (see the README's table of its keys); ``data`` is the
+    run's resolved data section (how the data were prepared)."""
     elbo = terms.elbo.mean().item()
+    bits = bits_per_dim_figures(
+        model, imp.mean, imp.se, dequantized=bool(data.dequantize),
+        binarized=data.binarize != "none", inputs=inputs,
+    )  # fmt: skip
     return {
         "units": "nats per datapoint, higher is better; kl is the term the ELBO subtracts",
         "iw_samples": cfg.iw_samples,
@@ -175,9 +177,7 @@ def _figures(
         "unit_activity": None if units is None else units.activity.tolist(),
         "active_units": None if units is None else units.count,
         "active_dims": None if units is None else units.active.nonzero().flatten().tolist(),
-        "bits_per_dim": None if reason else bits_per_dim(imp.mean, num_dims),
-        "bits_per_dim_se": None if reason else imp.se / (num_dims * math.log(2)),
-        "bits_per_dim_reason": reason,
+        **bits,
         "particle_chunk": imp.particle_chunk,
         "data_chunk": imp.data_chunk,
         "memory_budget_mb": cfg.memory_budget_mb,

@@ -120,9 +120,11 @@ def batch_transform(
       training and evaluation alike (a statically binarized test split arrives as float);
     * ``'threshold'``: ``k >= 128`` as 0/1;
     * ``'static'``: an error, since the static draw belongs to :func:`prepare_split`;
-    * ``'none'`` with ``dequantize``: ``(k + u) / 256``, ``u ~ U[0, 1)`` from the global torch
+    * ``'none'`` with ``dequantize``: ``(k + u) / 256``, ``u ~ U(0, 1)`` from the global torch
       RNG in training and evaluation alike (a fixed ``u`` would void the bits/dim bound),
-      clamped below ``(k + 1) / 256`` so rounding cannot reach the next level;
+      ``u`` at least the dtype's epsilon so that the value is never 0, and the result
+      clamped below ``(k + 1) / 256`` so rounding cannot reach the next level: every value
+      lies strictly inside ``(0, 1)`` and inside its level's bin;
     * ``'none'``: ``k / 255``.
 
     A test split that :func:`prepare_split` binarized under ``'dynamic'`` holds only the
@@ -154,7 +156,10 @@ def batch_transform(
             )
         if dequantize:
             levels = x.to(dtype)  # (B, *event_shape)
-            u = torch.rand(x.shape, dtype=dtype, device=x.device)  # (B, *event_shape)
+            # u > 0, so that level 0 never becomes exactly 0: every value lies strictly inside
+            # (0, 1), the support of a density on the open interval (beta)
+            eps = torch.finfo(dtype).eps
+            u = torch.rand(x.shape, dtype=dtype, device=x.device).clamp_min(eps)  # (B, *event)
             zero = torch.zeros((), dtype=dtype, device=x.device)
             upper = torch.nextafter((levels + 1.0) / 256.0, zero)
             return torch.minimum((levels + u) / 256.0, upper)

@@ -14,7 +14,9 @@ Nothing here writes down a density.
 * :func:`elbo_terms`: reconstruction ``E_q[log p(x | z)]`` and the analytic KL per latent
   dimension.
 * :func:`evaluate_elbo`: the held-out ELBO the training loop reports every epoch.
-* :func:`bits_per_dim`: the bound on the discrete 8-bit likelihood from a dequantized density.
+* :func:`bits_per_dim`: the bound on the discrete 8-bit likelihood from a dequantized density;
+  :func:`exact_bits_per_dim` for a probability mass function over the levels themselves;
+  :func:`bits_per_dim_figures` picks the one that applies (:func:`bits_per_dim_basis`).
 
 The guide's particles come from :class:`~pyro_vae.eval.noise.CounterNoise`, so a fixed seed
 gives the same particles, and the same estimate up to floating-point summation order, whatever
@@ -39,7 +41,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer.elbo import ELBO
-from torch.distributions import kl_divergence
+from torch.distributions import constraints, kl_divergence
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from tqdm.auto import tqdm
@@ -47,6 +49,7 @@ from tqdm.auto import tqdm
 from pyro_vae.eval.noise import STREAM_ELBO, CounterNoise
 from pyro_vae.infer import ImportanceWeightedELBO, make_estimator, mean_field_refusal
 from pyro_vae.models import evaluation_mode, latent_sites, observed_sites, traces
+from pyro_vae.models.discretized_logistic import LevelGrid
 from pyro_vae.models.protocol import base_distribution, check_inputs, check_shape, data_plate_of
 
 #: Default memory budget for one chunk of particles x datapoints.
@@ -434,24 +437,107 @@ def bits_per_dim(log_px: float, num_dims: int, levels: int = 256) -> float:
     return -(log_px - num_dims * math.log(levels)) / (num_dims * math.log(2))
 
 
-def bits_per_dim_reason(vae, dequantized: bool, inputs: Sequence[torch.Tensor] = ()) -> str | None:
-    """Why bits/dim of ``vae`` on data so prepared is not reported (``None``: it is): a
-    discrete observation distribution already gives log-probabilities, and data that were not
-    dequantized 8-bit levels have no bin width."""
+def exact_bits_per_dim(log_px: float, num_dims: int) -> float:
+    r"""Bits per dimension of a probability mass function over the 8-bit levels themselves
+    (``discretized-logistic``): ``-log2 P(x) / D = -log_px / (D ln 2)``, exact, with no
+    dequantization gap. ``log_px`` is the log-probability of the levels in nats per datapoint
+    (the importance-sampled estimate is a lower bound in expectation, so the figure is an
+    upper bound in expectation, as for :func:`bits_per_dim`)."""
+    return -log_px / (num_dims * math.log(2))
+
+
+#: ``bits_per_dim_kind``: bits/dim of a pmf over the levels, :func:`exact_bits_per_dim`
+BITS_EXACT = "exact"
+#: ``bits_per_dim_kind``: bits/dim of a density on dequantized levels, :func:`bits_per_dim`
+BITS_DEQUANTIZED = "dequantization-bound"
+
+
+def base_support(fn) -> constraints.Constraint:
+    """The support of one dimension of a distribution: under its ``Independent`` wrappers."""
+    support = base_distribution(fn).support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support
+
+
+def is_level_pmf(fn) -> bool:
+    """Whether an observation distribution is a probability mass function over quantized
+    levels (its support a :class:`~pyro_vae.models.discretized_logistic.LevelGrid`)."""
+    return isinstance(base_support(fn), LevelGrid)
+
+
+def bits_per_dim_basis(
+    vae, dequantized: bool, inputs: Sequence[torch.Tensor] = (), binarized: bool = False
+) -> tuple[str | None, str | None]:
+    """How bits/dim of ``vae`` on data so prepared is computed: ``(kind, reason)``.
+
+    ``kind`` is :data:`BITS_EXACT` when every observed site is a probability mass function
+    over the levels (:class:`~pyro_vae.models.discretized_logistic.LevelGrid`) of data that
+    were not binarized, :data:`BITS_DEQUANTIZED` when every one is a density and the data
+    were dequantized 8-bit levels, else ``None`` with ``reason`` saying why bits/dim is not
+    reported (another discrete distribution gives log-probabilities of binarized data; data
+    that were not dequantized 8-bit levels have no bin width).
+    """
     x, ins = _stand_in(vae, inputs)
     with evaluation_mode(vae), pyro.validation_enabled(False):
         with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             trace = poutine.trace(vae.model).get_trace(x, *ins)
-    for site in observed_sites(trace):
+    sites = list(observed_sites(trace))
+    if sites and all(is_level_pmf(site["fn"]) for site in sites):
+        if binarized:
+            return None, (
+                "the data were binarized: log p(x) is the log-probability of binarized draws, "
+                "not of the 8-bit levels"
+            )
+        return BITS_EXACT, None
+    for site in sites:
         if site["fn"].support.is_discrete:
             what = type(base_distribution(site["fn"])).__name__.lstrip("_")
-            return (
+            return None, (
                 f"the observation {site['name']!r} ({what}) is discrete: log p(x) is already a "
                 f"log-probability of the (binarized) data, not of 8-bit levels"
             )
     if not dequantized:
-        return "the data were not dequantized 8-bit levels, so there is no bin width to account for"
-    return None
+        return None, (
+            "the data were not dequantized 8-bit levels, so there is no bin width to account for"
+        )
+    return BITS_DEQUANTIZED, None
+
+
+def bits_per_dim_reason(vae, dequantized: bool, inputs: Sequence[torch.Tensor] = ()) -> str | None:
+    """Why the dequantization bound :func:`bits_per_dim` does not apply to ``vae`` on data so
+    prepared (``None``: it does); see :func:`bits_per_dim_basis`, which also gives the exact
+    bits/dim of a pmf over the levels."""
+    kind, reason = bits_per_dim_basis(vae, dequantized, inputs)
+    if kind == BITS_EXACT:
+        return (
+            "the observation is a probability mass function over the 8-bit levels: its "
+            "bits/dim is exact (exact_bits_per_dim), with no dequantization bound"
+        )
+    return reason
+
+
+def bits_per_dim_figures(
+    vae,
+    log_px: float,
+    log_px_se: float,
+    *,
+    dequantized: bool,
+    binarized: bool = False,
+    inputs: Sequence[torch.Tensor] = (),
+) -> dict:
+    """The bits/dim keys of ``summary.json``: ``bits_per_dim`` and ``bits_per_dim_se`` (lower
+    is better), ``bits_per_dim_kind`` (:data:`BITS_EXACT`, :data:`BITS_DEQUANTIZED`, or
+    ``None``) and ``bits_per_dim_reason`` (why there is none)."""
+    kind, reason = bits_per_dim_basis(vae, dequantized, inputs, binarized)
+    num_dims = math.prod(vae.event_shape)
+    value = {BITS_EXACT: exact_bits_per_dim, BITS_DEQUANTIZED: bits_per_dim}.get(kind)
+    return {
+        "bits_per_dim": None if value is None else value(log_px, num_dims),
+        "bits_per_dim_se": None if value is None else log_px_se / (num_dims * math.log(2)),
+        "bits_per_dim_kind": kind,
+        "bits_per_dim_reason": reason,
+    }
 
 
 def standard_error(values: torch.Tensor) -> float:

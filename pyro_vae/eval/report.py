@@ -6,6 +6,8 @@ from __future__ import annotations
 import html as _html
 import math
 
+from pyro_vae.eval.bounds import BITS_DEQUANTIZED, BITS_EXACT
+
 
 def _num(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -22,6 +24,13 @@ def _kl_words(s: dict) -> str:
     if len(mc) == len(kinds):
         return "Monte Carlo KL"
     return f"analytic KL, Monte Carlo at {', '.join(mc)}"
+
+
+#: the bits/dim row's name for each ``bits_per_dim_kind`` (lower is better)
+_BITS_LABELS = {
+    BITS_EXACT: "bits/dim, exact: -log2 P(x) / D of the pmf over the 8-bit levels",
+    BITS_DEQUANTIZED: "bits/dim, dequantization bound: 8 - log p(x) / (D ln 2)",
+}
 
 
 def metric_rows(s: dict) -> list[tuple[str, str]]:
@@ -50,7 +59,7 @@ def metric_rows(s: dict) -> list[tuple[str, str]]:
             "n/a" if s["active_units"] is None else f"{s['active_units']} / {s['latent_dim']}",
         ),
         (
-            "bits/dim",
+            _BITS_LABELS.get(s.get("bits_per_dim_kind"), "bits/dim"),
             f"{_num(s['bits_per_dim'], 4)} ± {_num(s['bits_per_dim_se'], 4)}"
             if s["bits_per_dim"] is not None
             else f"n/a: {s['bits_per_dim_reason']}",

@@ -23,7 +23,12 @@ from pathlib import Path
 import torch
 
 from pyro_vae.fields import at_least, ints, setting
-from pyro_vae.models.likelihoods import LIKELIHOODS, SCALE_MODES
+from pyro_vae.models.likelihoods import (
+    DEFAULT_COMPONENTS,
+    LIKELIHOODS,
+    SCALE_MODES,
+    likelihood_options,
+)
 from pyro_vae.models.networks import ACTIVATIONS, ARCHITECTURES
 from pyro_vae.models.protocol import check_protocol
 from pyro_vae.registry import Registry
@@ -137,7 +142,8 @@ def _absolute(spec: str) -> str:
 class ModelConfig:
     """The model: which one, its likelihood, networks and latent sizes.
 
-    Each model reads the settings it uses: every model the likelihood, ``latent_dim``,
+    Each model reads the settings it uses: every model the likelihood (with ``scale`` and
+    ``components``, the options of the likelihoods that take them), ``latent_dim``,
     ``hidden``, ``arch`` and ``activation``; ``two-layer`` also ``top_latent_dim`` and
     ``top_hidden``; ``iaf`` ``flows``; ``vamp`` ``pseudo_inputs``.
 
@@ -158,7 +164,16 @@ class ModelConfig:
     )
     likelihood: str = setting("bernoulli", "observation model p(x | z)", choices=LIKELIHOODS)
     scale: str | None = setting(
-        None, "sigma of the normal likelihood", choices=SCALE_MODES, default_text="shared"
+        None,
+        "how normal, laplace and beta learn their scale",
+        choices=SCALE_MODES,
+        default_text="shared",
+    )
+    components: int | None = setting(
+        None,
+        "logistic mixture components per dimension (discretized-logistic; 1: a plain "
+        "discretized logistic)",
+        default_text=str(DEFAULT_COMPONENTS),
     )
     latent_dim: int = setting(20, "dimensions of z (two-layer: of z1, the layer next to x)")
     hidden: tuple[int, ...] = setting((400,), "hidden layer sizes (the decoder mirrors them)")
@@ -180,6 +195,9 @@ class ModelConfig:
         LIKELIHOODS.check(self.likelihood)
         if self.scale is not None:
             SCALE_MODES.check(self.scale)
+        if self.components is not None:
+            at_least("components", self.components, 1)
+        likelihood_options(self.likelihood, **self.likelihood_options())  # refused options
         at_least("latent-dim", self.latent_dim, 1)
         at_least("top-latent-dim", self.top_latent_dim, 1)
         for name in ("hidden", "top_hidden"):
@@ -192,7 +210,9 @@ class ModelConfig:
         at_least("pseudo-inputs", self.pseudo_inputs, 1)
 
     def likelihood_options(self) -> dict:
-        return {"scale": self.scale}
+        """The likelihood's options that were set (``None``: its own default; an option the
+        likelihood does not take is refused when it is built)."""
+        return {"scale": self.scale, "components": self.components}
 
 
 def build_model(
