@@ -34,7 +34,7 @@ from pyro_vae.infer import CAPTURE_MODES, ESTIMATORS, check_beta
 from pyro_vae.models import LIKELIHOODS, ModelConfig
 from pyro_vae.registry import Registry
 
-LR_SCHEDULES: Registry[None] = Registry.of("lr schedule", ("constant", "cosine"))
+LR_SCHEDULES: Registry[None] = Registry.of("lr schedule", ("constant", "cosine", "burda"))
 DEVICES: Registry[None] = Registry.of("device", ("auto", "cpu", "cuda"))
 
 
@@ -93,17 +93,28 @@ class TrainConfig:
     epochs: int = setting(20, "epochs to train (on --resume: the total, to extend a run)")
     batch_size: int = setting(128, "datapoints per step")
     lr: float = setting(1e-3, "Adam learning rate")
+    adam_eps: float = setting(1e-8, "Adam's epsilon (Burda et al. 2016: 1e-4)")
     weight_decay: float = setting(0.0, "Adam weight decay")
     grad_clip: float | None = setting(
         None, "clip the global gradient norm to this value", default_text="no clipping"
     )
-    lr_schedule: str = setting("constant", "learning-rate schedule", choices=LR_SCHEDULES)
+    lr_schedule: str = setting(
+        "constant",
+        "learning-rate schedule: constant; cosine; burda: Burda et al. (2016)'s 8 stages, "
+        "stage i for 3^i of every 3280 epochs (at least one) at lr * 10^(-i/7)",
+        choices=LR_SCHEDULES,
+    )
     beta: float = setting(1.0, "KL weight")
     warmup_epochs: int = setting(0, "epochs over which beta rises linearly from ~0 to --beta")
     seed: int = setting(0, "seed of the networks, the batches, the held-out split and the draws")
     device: str = setting("auto", "auto: cuda when available", choices=DEVICES)
     log_every: int = setting(50, "steps between reads of the loss (progress bar, NaN check)")
     quiet: bool = setting(False, "no progress bars")
+    tensorboard: bool = setting(
+        False,
+        "also log each epoch's metrics, lr, beta, reconstructions and samples to "
+        "<run dir>/tensorboard (needs the tensorboard extra)",
+    )
     capture: str = setting(
         "graph",
         "graph: record the Pyro loss once per batch shape and replay it; compile: also "
@@ -117,10 +128,15 @@ class TrainConfig:
         at_least("epochs", self.epochs, 0)
         at_least("batch-size", self.batch_size, 1)
         at_least("lr", self.lr, 0, strict=True)
+        at_least("adam-eps", self.adam_eps, 0, strict=True)
         at_least("weight-decay", self.weight_decay, 0)
         if self.grad_clip is not None:
             at_least("grad-clip", self.grad_clip, 0, strict=True)
         LR_SCHEDULES.check(self.lr_schedule)
+        if self.lr_schedule == "burda" and self.epochs < 8:
+            raise ValueError(
+                f"--lr-schedule burda needs --epochs >= 8 (one per stage), got {self.epochs}"
+            )
         at_least("beta", self.beta, 0)
         at_least("warmup-epochs", self.warmup_epochs, 0)
         DEVICES.check(self.device)
@@ -147,7 +163,9 @@ class RunConfig:
 
 
 #: the run settings that may change on ``--resume`` (the rest must match the checkpoint)
-RESUMABLE = frozenset({"epochs", "quiet", "log_every", "device", "data_dir", "download", "capture"})
+RESUMABLE = frozenset(
+    {"epochs", "quiet", "log_every", "device", "data_dir", "download", "capture", "tensorboard"}
+)
 
 
 def resolve_device(name: str) -> torch.device:

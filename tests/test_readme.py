@@ -30,12 +30,25 @@ def test_use_from_python_snippets_run(tmp_path, monkeypatch, capsys):
     assert iwae > elbo - 5  # the IWAE-50 bound sits above the ELBO (up to subset noise)
 
 
-def test_ci_runs_the_readme_commands():
+def _commands(title: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)\n```", _section(title), re.S)
+
+
+def test_two_commands_on_a_fresh_machine_and_ci_runs_exactly_them():
+    """The README's set-up is two commands: the first makes the environment, installs and
+    trains the default run; the second lints, then tests. CI removes any old environment and
+    runs exactly those two lines, last, in that order, stopping at the first failure."""
+    setup, test = _commands("Set up")
+    assert _commands("Train") == [] and _commands("Test") == []  # no third command
+    assert setup.startswith("python3 -m venv .venv && ")
+    assert '.venv/bin/pip install -e ".[dev]"' in setup
+    assert setup.endswith(" && .venv/bin/pyro-vae train")  # the main job, on the embedded data
+    lint = ".venv/bin/ruff check . && .venv/bin/ruff format --check ."
+    assert test == f"{lint} && .venv/bin/python -m pytest -q"  # the linter before the tests
     ci = (ROOT / ".ci" / "run").read_text()
-    setup = re.search(r"```bash\n(.*?)\n```", _section("Set up"), re.S).group(1)
-    test, lint = re.findall(r"```bash\n(.*?)\n```", _section("Test"), re.S)
-    assert setup in ci and test in ci and lint in ci
-    assert ci.index(lint) < ci.index(test)  # the linter before the tests
+    lines = [line for line in ci.splitlines() if line.strip() and not line.startswith("#")]
+    assert lines[-2:] == [setup, test]
+    assert "set -euo pipefail" in lines and "rm -rf .venv" in lines[:-2]
 
 
 TINY = {

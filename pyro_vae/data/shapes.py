@@ -1,8 +1,9 @@
-"""Procedurally generated grey-scale shapes: the embedded default dataset.
+"""Procedurally generated shapes: the embedded default dataset.
 
-Every image shows one anti-aliased white-ish shape on a black background, drawn from six
-independent generating factors (sampled uniformly, in this order, from one
-``numpy.random.default_rng(seed)`` so that a seed fixes the whole dataset):
+In the spirit of dSprites (Matthey et al. 2017): every image shows one bright, white shape on a
+black background, large enough to read at 28x28, drawn from five independent generating
+factors (sampled uniformly, in this order, from one ``numpy.random.default_rng(seed)`` so
+that a seed fixes the whole dataset):
 
 =============  ======================================================================
 factor         meaning
@@ -10,24 +11,29 @@ factor         meaning
 ``class``      shape index into :data:`SHAPE_CLASSES` (square, ellipse, triangle, cross,
                heart), stored as a float
 ``x``          horizontal position of the shape's centre in ``[0, 1]``: 0 is the leftmost,
-               1 the rightmost centre that keeps the largest shape inside the frame
+               1 the rightmost centre that keeps this shape inside the frame
 ``y``          vertical position in ``[0, 1]``, 0 at the top (image row order)
-``scale``      size in ``[0.5, 1]``: the shape's circumscribed circle has radius
-               ``scale * size / 4`` pixels
+``scale``      size in ``[0.6, 1]``: the shape's circumscribed circle has radius
+               ``scale * 0.35 * size`` pixels (5.9 to 9.8 px at 28x28)
 ``rotation``   counter-clockwise rotation in radians, ``[0, 2 pi)``; the shapes are
                symmetric (square and cross every pi/2, triangle every 2 pi/3, ellipse
                every pi), so only the heart identifies the full angle
-``intensity``  grey level of the shape in ``[0.5, 1]``; fully covered pixels hold
-               ``round(255 * intensity)``
 =============  ======================================================================
 
-Positions are drawn for the largest scale, so position, scale and rotation are independent
-and every shape stays strictly inside the image with a clear one-pixel border.
+Shapes are white: a fully covered pixel is 255, so dynamic binarization (the Bernoulli
+likelihood's default) leaves a shape's inside intact and draws only its one-pixel outline.
+Positions are relative to the range that keeps each shape strictly inside the image with a
+clear one-pixel border, so a large shape moves less in pixels than a small one while the
+factors stay independent.
 
 Rendering is vectorised over a pixel-centre grid: each class has a signed distance
 function (negative inside), and a pixel's coverage is ``clip(0.5 - distance_px, 0, 1)``.
-That one-pixel soft edge anti-aliases the outline at native resolution, so images are
-genuinely grey-scale 8-bit without the cost of supersampling.
+That one-pixel soft edge anti-aliases the outline at native resolution, so the images are
+8-bit grey levels (0 and 255 inside and outside, the levels between on the outline) without
+the cost of supersampling.
+
+References: L. Matthey, I. Higgins, D. Hassabis, A. Lerchner, *dSprites: Disentanglement
+testing Sprites dataset*, 2017.
 """
 
 from __future__ import annotations
@@ -37,13 +43,13 @@ import math
 import numpy as np
 
 SHAPE_CLASSES: tuple[str, ...] = ("square", "ellipse", "triangle", "cross", "heart")
-FACTOR_NAMES: tuple[str, ...] = ("class", "x", "y", "scale", "rotation", "intensity")
+FACTOR_NAMES: tuple[str, ...] = ("class", "x", "y", "scale", "rotation")
 
-_SCALE_RANGE = (0.5, 1.0)
-_INTENSITY_RANGE = (0.5, 1.0)
-# Circumradius at scale 1, as a fraction of the image side: large enough to read the shape
-# at 28 px, small enough to leave room for the position factors to move it around.
-_RADIUS_FRACTION = 0.25
+_SCALE_RANGE = (0.6, 1.0)
+# Circumradius at scale 1, as a fraction of the image side, and the smallest scale: the
+# smallest shape (5.9 px at 28 px) keeps its corners and arms in a VAE's reconstruction (at
+# scale 0.5 the small triangles came back as blobs); the largest leaves 5 px to move in.
+_RADIUS_FRACTION = 0.35
 # Clear border (px) between the soft edge and the frame; the soft edge itself reaches
 # 0.5 px beyond the outline.
 _MARGIN_PX = 1.0
@@ -131,7 +137,6 @@ def _render(
     cy: np.ndarray,
     radius: np.ndarray,
     rotation: np.ndarray,
-    intensity: np.ndarray,
     size: int,
 ) -> np.ndarray:
     """Render one chunk; all arguments are float32 arrays of shape (B,) in pixel units."""
@@ -152,8 +157,7 @@ def _render(
             sdf[mask] = fn(u[mask], v[mask])
     dist_px = sdf * radius[:, None, None]
     coverage = np.clip(np.float32(0.5) - dist_px, 0.0, 1.0)
-    grey = coverage * (np.float32(255.0) * intensity)[:, None, None]
-    return np.rint(grey).astype(np.uint8)  # (B, size, size)
+    return np.rint(coverage * np.float32(255.0)).astype(np.uint8)  # (B, size, size)
 
 
 def make_shapes(
@@ -167,7 +171,7 @@ def make_shapes(
     :param size: image side in pixels.
     :return: ``(images, factors, factor_names)``: ``images`` is uint8 of shape
         ``(n, 1, size, size)`` with background 0; ``factors`` is float32 of shape
-        ``(n, 6)`` with columns :data:`FACTOR_NAMES` (see the module docstring);
+        ``(n, 5)`` with columns :data:`FACTOR_NAMES` (see the module docstring);
         ``factor_names`` is ``list(FACTOR_NAMES)``.
 
     .. warning:: ``size`` must be at least 8 so the smallest shape spans a few pixels.
@@ -184,22 +188,20 @@ def make_shapes(
     y = rng.random(n)
     scale = rng.uniform(*_SCALE_RANGE, size=n)
     rotation = rng.uniform(0.0, 2.0 * math.pi, size=n)
-    intensity = rng.uniform(*_INTENSITY_RANGE, size=n)
-    factors = np.stack([cls, x, y, scale, rotation, intensity], axis=1).astype(np.float32)
+    factors = np.stack([cls, x, y, scale, rotation], axis=1).astype(np.float32)
     # Float32 rounding can land a draw from [0, 2 pi) exactly on 2 pi; keep the range open.
     factors[:, 4] = np.where(factors[:, 4] >= np.float32(2.0 * math.pi), 0.0, factors[:, 4])
 
-    max_radius = _RADIUS_FRACTION * size
-    low = max_radius + 0.5 + _MARGIN_PX  # outline + soft edge + clear border
+    radius = scale * (_RADIUS_FRACTION * size)
+    low = radius + 0.5 + _MARGIN_PX  # outline + soft edge + clear border
     span = size - 2.0 * low
     cx = (low + x * span).astype(np.float32)
     cy = (low + y * span).astype(np.float32)
-    radius = (scale * max_radius).astype(np.float32)
+    radius = radius.astype(np.float32)
     rot32 = factors[:, 4]
-    inten32 = factors[:, 5]
 
     images = np.empty((n, 1, size, size), dtype=np.uint8)
     for start in range(0, n, _CHUNK):
         sl = slice(start, start + _CHUNK)
-        images[sl, 0] = _render(cls[sl], cx[sl], cy[sl], radius[sl], rot32[sl], inten32[sl], size)
+        images[sl, 0] = _render(cls[sl], cx[sl], cy[sl], radius[sl], rot32[sl], size)
     return images, factors, list(FACTOR_NAMES)

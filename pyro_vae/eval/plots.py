@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae.eval.fontcache import announce_font_cache
 from pyro_vae.files import atomic_write, save_figure
 from pyro_vae.models import evaluation_mode, reconstruct, sample
 from pyro_vae.models.protocol import decode
@@ -58,6 +59,7 @@ def save_reconstructions(
 
 def plot_curves(rows: Sequence[dict], path: str | Path) -> None:
     """ELBO per datapoint against epoch: train objective and held-out ELBO."""
+    announce_font_cache()  # the first figure may build matplotlib's font cache
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -82,6 +84,7 @@ def save_panels(
 
     :returns: False (and writes nothing) if some ``x`` are not images.
     """
+    announce_font_cache()  # the first figure may build matplotlib's font cache
     from matplotlib.figure import Figure
     from torchvision.utils import make_grid
 
@@ -237,6 +240,7 @@ def save_latent_scatter(
 ) -> None:
     """Posterior means in 2-D (PCA via SVD when L > 2; a histogram when L = 1), coloured by
     label when there are labels."""
+    announce_font_cache()  # the first figure may build matplotlib's font cache
     from matplotlib.figure import Figure
 
     n = min(len(means), SCATTER_POINTS)
