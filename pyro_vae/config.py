@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from pyro_vae.data import BINARIZE
-from pyro_vae.fields import at_least, section, setting
+from pyro_vae.data import BINARIZE, LAYOUTS
+from pyro_vae.fields import at_least, finite, section, setting
 from pyro_vae.infer import CAPTURE_MODES, ESTIMATORS, check_beta
 from pyro_vae.models import LIKELIHOODS, ModelConfig
 from pyro_vae.registry import Registry
@@ -63,12 +63,19 @@ class DataConfig:
     test_size: int = setting(1000, "held-out datapoints when the source has no test split")
     num_shapes: int = setting(10000, "training images of the embedded shapes dataset")
     download: bool = setting(False, "let torchvision download a missing dataset")
+    layout: str = setting(
+        "auto",
+        "axes of a 4-D .npy/.npz array: (N, C, H, W) or (N, H, W, C); auto refuses a shape "
+        "that reads both ways",
+        choices=LAYOUTS,
+    )
 
     def __post_init__(self):
         if self.binarize is not None:
             BINARIZE.check(self.binarize)
         at_least("test-size", self.test_size, 0)
         at_least("num-shapes", self.num_shapes, 1)
+        LAYOUTS.check(self.layout)
 
     def resolved(self, likelihood: str, is_8bit: bool) -> DataConfig:
         """Fill the defaults that depend on the likelihood and the data: its own binarization
@@ -108,7 +115,19 @@ class TrainConfig:
     warmup_epochs: int = setting(0, "epochs over which beta rises linearly from ~0 to --beta")
     seed: int = setting(0, "seed of the networks, the batches, the held-out split and the draws")
     device: str = setting("auto", "auto: cuda when available", choices=DEVICES)
-    log_every: int = setting(50, "steps between reads of the loss (progress bar, NaN check)")
+    log_every: int = setting(
+        50, "steps between reads of the loss (progress bar, non-finite and divergence checks)"
+    )
+    memory_limit_mb: float | None = setting(
+        None,
+        "refuse before the first step a step estimated to need more memory (MB); 0: no check",
+        default_text="90%% of the memory available when training starts",
+    )
+    divergence_factor: float = setting(
+        1e3,
+        "stop as diverged when the loss per datapoint rises above its best by more than this "
+        "times max(|best|, 1) (0: never)",
+    )
     quiet: bool = setting(False, "no progress bars")
     tensorboard: bool = setting(
         False,
@@ -141,6 +160,11 @@ class TrainConfig:
         at_least("warmup-epochs", self.warmup_epochs, 0)
         DEVICES.check(self.device)
         at_least("log-every", self.log_every, 1)
+        at_least("divergence-factor", self.divergence_factor, 0)
+        if self.memory_limit_mb is not None:
+            at_least("memory-limit-mb", self.memory_limit_mb, 0)
+        at_least("seed", self.seed, 0)
+        finite("alpha", self.alpha)
         CAPTURE_MODES.check(self.capture)
         check_beta(self.estimator, self.beta, warmup=self.warmup_epochs > 0)
 
@@ -164,8 +188,9 @@ class RunConfig:
 
 #: the run settings that may change on ``--resume`` (the rest must match the checkpoint)
 RESUMABLE = frozenset(
-    {"epochs", "quiet", "log_every", "device", "data_dir", "download", "capture", "tensorboard"}
-)
+    {"epochs", "quiet", "log_every", "device", "data_dir", "download", "capture",
+     "divergence_factor", "memory_limit_mb", "tensorboard"}
+)  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -202,21 +227,80 @@ def setting_names(cls) -> list[str]:
     return names
 
 
-def from_flat(base, values: dict):
+def from_flat(base, values: dict, source: str | None = None):
     """``base`` with the flat ``{setting: value}`` (kebab or snake case keys) applied, in any
     section; the result validates itself.
 
-    :raises ValueError: for an unknown key, listing the valid ones.
+    Types are strict, as a settings file gives them: an integer setting takes an integer (not
+    ``true``, ``4.7`` or ``"4"``), a float setting a number, a switch ``true`` or ``false``, a
+    list of integers a list of integers (or one).
+
+    :param source: where the values come from (a file), named in the errors.
+    :raises ValueError: for an unknown key, listing the valid ones, or a value of the wrong
+        type, naming the key (and ``source``).
+    """
+    values = check_flat(type(base), values, source)
+    types = {f.name: tp for f, tp in settings_of(type(base))}
+    return _apply(base, {key: _as_float(types[key], v) for key, v in values.items()})
+
+
+def check_flat(cls, values: dict, source: str | None = None) -> dict:
+    """The flat settings ``values`` with snake-case keys, each checked to be a setting of
+    ``cls`` of the right type (see :func:`from_flat`).
+
+    :raises ValueError: naming the key (and ``source``) and what it must be.
     """
     values = {key.replace("-", "_"): value for key, value in values.items()}
-    valid = set(setting_names(type(base)))
-    unknown = sorted(set(values) - valid)
+    types = {f.name: tp for f, tp in settings_of(cls)}
+    unknown = sorted(set(values) - set(types))
+    where = f"{source}: " if source else ""
     if unknown:
-        names = ", ".join(sorted(k.replace("_", "-") for k in valid))
+        names = ", ".join(sorted(k.replace("_", "-") for k in types))
         raise ValueError(
-            f"unknown setting {unknown[0].replace('_', '-')!r}; valid settings: {names}"
+            f"{where}unknown setting {unknown[0].replace('_', '-')!r}; valid settings: {names}"
         )
-    return _apply(base, values)
+    for key, value in values.items():
+        wanted = _type_error(types[key], value)
+        if wanted is not None:
+            raise ValueError(
+                f"{where}{key.replace('_', '-')} must be {wanted}, got "
+                f"{type(value).__name__} {value!r}"
+            )
+    return values
+
+
+def _type_error(tp, value) -> str | None:
+    """What ``value`` should have been for a setting of type ``tp``; ``None`` if it is that."""
+    if value is None and _optional(tp) is not tp:
+        return None
+    kind = _optional(tp)
+    if typing.get_origin(kind) is tuple:  # tuple[X, ...]: a list of X, or one X
+        item = typing.get_args(kind)[0]
+        items = value if isinstance(value, (list, tuple)) else [value]
+        fits = item in _KINDS and all(_KINDS[item][0](v) for v in items)
+        return None if fits or item not in _KINDS else f"a list of {_KINDS[item][2]}"
+    if kind not in _KINDS:
+        return None
+    fits, one, _ = _KINDS[kind]
+    return None if fits(value) else one
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: a setting's type: (does a value fit, what one must be, what several must be)
+_KINDS = {
+    bool: (lambda v: isinstance(v, bool), "true or false", "true or false values"),
+    int: (_is_int, "an integer", "integers"),
+    float: (lambda v: _is_int(v) or isinstance(v, float), "a number", "numbers"),
+    str: (lambda v: isinstance(v, str), "a string", "strings"),
+}
+
+
+def _as_float(tp, value):
+    """An integer given for a float setting, as a float (``lr = 1`` in TOML)."""
+    return float(value) if _optional(tp) is float and _is_int(value) else value
 
 
 def _apply(config, values: dict):

@@ -517,9 +517,18 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path):
         assert cut()  # the write was cut
         last = safe_load(ckpt)["step"]
 
-        for _ in range(18):
+        # how long a resume takes to write its first epoch, on this machine as loaded as it is
+        written = ckpt.stat().st_mtime_ns
+        start, pid = time.monotonic(), zygote.start("train", "--resume", run)
+        wait_for(lambda: ckpt.stat().st_mtime_ns != written)
+        first_epoch = time.monotonic() - start
+        os.kill(pid, signal.SIGKILL)
+        assert zygote.wait(pid) == -signal.SIGKILL
+        last = safe_load(ckpt)["step"]
+
+        for _ in range(18):  # kills from the start to half an epoch past the first
             pid = zygote.start("train", "--resume", run)
-            time.sleep(rng.uniform(0.0, 0.6))
+            time.sleep(rng.uniform(0.0, 1.5 * first_epoch))
             os.kill(pid, signal.SIGKILL)
             assert zygote.wait(pid) == -signal.SIGKILL
             state = safe_load(ckpt)  # weights_only; raises if torn

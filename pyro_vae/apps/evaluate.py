@@ -37,9 +37,10 @@ from pyro_vae.eval.latents import (
     posterior_means,
 )
 from pyro_vae.eval.plots import LatentSummary, write_pictures
+from pyro_vae.files import atomic_write_text
 from pyro_vae.runs import CHECKPOINTS, SPLITS, evaluation_data, inputs_for, load_run
 from pyro_vae.train.checks import check_data
-from pyro_vae.train.rundir import atomic_write_text, read_metrics
+from pyro_vae.train.rundir import read_metrics, visiting
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,11 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, **settin
         batch size and memory budget.
     """
     cfg = dataclasses.replace(config or EvalConfig(), **settings)
-    run_dir = Path(run_dir)
+    with visiting(run_dir):
+        return _evaluate(Path(run_dir), cfg)
+
+
+def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
     dev = resolve_device(cfg.device)
     model, _ = load_run(run_dir, cfg.which, device=str(dev))
     x_cpu, labels, label_names, run = evaluation_data(run_dir, cfg.split, cfg.seed)

@@ -42,10 +42,9 @@ import torch
 from pyro import poutine
 from pyro.infer.elbo import ELBO
 from torch.distributions import constraints, kl_divergence
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 from tqdm.auto import tqdm
 
+from pyro_vae.eval.memory import Allocations
 from pyro_vae.eval.noise import STREAM_ELBO, CounterNoise
 from pyro_vae.infer import ImportanceWeightedELBO, make_estimator, mean_field_refusal
 from pyro_vae.models import evaluation_mode, latent_sites, observed_sites, traces
@@ -61,27 +60,6 @@ def _stand_in(model, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tupl
     (run with validation off; the values do not matter)."""
     ref = next(model.parameters())
     return ref.new_zeros(1, *model.event_shape), tuple(t[:1] for t in inputs)
-
-
-class _Allocations(TorchDispatchMode):
-    """Counts the bytes of every new tensor the operations under it allocate (views and
-    in-place results, which share an input's storage, are not new)."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        given = {
-            t.untyped_storage().data_ptr()
-            for t in tree_leaves((args, kwargs))
-            if isinstance(t, torch.Tensor)
-        }
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in given:
-                self.bytes += t.untyped_storage().nbytes()
-        return out
 
 
 def bytes_per_pair(model, inputs: Sequence[torch.Tensor] = ()) -> int:
@@ -103,7 +81,7 @@ def bytes_per_pair(model, inputs: Sequence[torch.Tensor] = ()) -> int:
         with torch.random.fork_rng(devices=[ref.device] if ref.is_cuda else []):
             for k in (2, 3):
                 est = ImportanceWeightedELBO(alpha=0.0, num_particles=k)
-                with _Allocations() as allocated:
+                with Allocations() as allocated:
                     est.log_weights(model.model, model.guide, x, *ins)  # (k, 1)
                 counts.append(allocated.bytes)
     return max(ref.element_size(), counts[1] - counts[0])

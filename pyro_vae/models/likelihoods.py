@@ -33,6 +33,7 @@ from torch.distributions import constraints
 
 from pyro_vae.models.discretized_logistic import DiscretizedLogisticMixture, LevelGrid
 from pyro_vae.registry import Registry
+from pyro_vae.validation import shortest
 
 LIKELIHOODS: Registry[type[Likelihood]] = Registry("likelihood")
 
@@ -42,7 +43,7 @@ class DataSupportError(ValueError):
 
 
 def _describe(x: torch.Tensor) -> str:
-    return f"observed range [{x.min().item():.4g}, {x.max().item():.4g}]"
+    return f"observed range [{shortest(x.min().item())}, {shortest(x.max().item())}]"
 
 
 def check_finite(x: torch.Tensor) -> None:

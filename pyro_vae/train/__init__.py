@@ -19,11 +19,12 @@ from pyro_vae.train.checks import check_data
 from pyro_vae.train.loop import TrainingInterrupted, TrainResult, fit
 from pyro_vae.train.rundir import RunDirectoryError
 from pyro_vae.train.state import EpochCursor, Schedule, TrainState
-from pyro_vae.train.step import NonFiniteLossError, TrainStep, diagnose_non_finite
+from pyro_vae.train.step import DivergedError, NonFiniteLossError, TrainStep, diagnose_non_finite
 
 __all__ = [
     "CheckpointError",
     "Checkpointer",
+    "DivergedError",
     "EpochCursor",
     "NonFiniteLossError",
     "RunDirectoryError",

@@ -449,9 +449,11 @@ class Checkpointer:
             group["fused"], group["foreach"] = True, None
         if self.scheduler is not None and saved.get("scheduler") is not None:
             if saved["scheduler"].get("T_max") != self.scheduler.T_max:
-                # torch's cosine schedule is recursive in the last lr: it cannot be re-spanned
+                # a schedule that spans the run (torch's cosine is recursive in the last lr)
+                # cannot be re-spanned mid-run
+                name = self.config.get("train", {}).get("lr_schedule", "cosine")
                 raise CheckpointError(
-                    f"this run's cosine learning-rate schedule spans "
+                    f"this run's {name} learning-rate schedule spans "
                     f"{saved['scheduler'].get('T_max')} steps; resuming with another --epochs "
                     f"would change it mid-run. Resume with the run's own --epochs, or start a "
                     f"new run (or use --lr-schedule constant, which can be extended)"
