@@ -562,6 +562,16 @@ def _number(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.4g}"
 
 
+def _recommendation_lines(d: Diagnosis) -> list[str]:
+    """The recommended likelihoods, in order, each with the data it is for and its flags."""
+    lines = ["", "recommended for these data (a pmf first, then the tightest support):"]
+    for i, v in enumerate(d.recommended, 1):
+        lines.append(_wrap(f"{i}. {v.likelihood} ({v.flags}): {v.fits}", "  ", hanging="     "))
+    if not d.recommended:
+        lines.append("  none: see the verdicts above and the mistakes below")
+    return lines
+
+
 def format_diagnosis(d: Diagnosis, likelihood: str | None = None) -> str:
     """The report of ``pyro-vae diagnose``; with ``likelihood``, ends with its verdict.
 
@@ -591,11 +601,7 @@ def format_diagnosis(d: Diagnosis, likelihood: str | None = None) -> str:
         lines.append(_wrap(v.reason, " " * (width + 13)))
         if v.caution:
             lines.append(_wrap(f"caution: {v.caution}", " " * (width + 13)))
-    lines += ["", "recommended for these data (a pmf first, then the tightest support):"]
-    for i, v in enumerate(d.recommended, 1):
-        lines.append(_wrap(f"{i}. {v.likelihood} ({v.flags}): {v.fits}", "  ", hanging="     "))
-    if not d.recommended:
-        lines.append("  none: see the verdicts above and the mistakes below")
+    lines += _recommendation_lines(d)
     pmf = [v.likelihood for v in d.verdicts if v.discrete]
     densities = [v.likelihood for v in d.verdicts if v.discrete is False]
     exact = [v.likelihood for v in d.verdicts if v.bits_per_dim == BITS_EXACT]

@@ -1,19 +1,20 @@
 """Models: the protocol every tool works with, observation models p(x | z), networks, and the
 built-in models, each a Pyro ``model``/``guide`` pair registered by name in :data:`MODELS`.
 
-================  ===========================================================================
-module            what it holds
-================  ===========================================================================
-``protocol``      what a model is (:class:`LatentModel`), and how the tools read its traces
-``config``        :class:`ModelConfig`, :data:`MODELS`, models by import path
-``likelihoods``   observation models, registered by name in :data:`LIKELIHOODS`
-``networks``      MLP and conv encoders/decoders (return parameters, never sample)
-``vae``           ``vae``: the VAE
-``two_layer``     ``two-layer``: two stochastic layers (Burda et al. 2016)
-``iaf``           ``iaf``: a Gaussian guide with inverse autoregressive flows
-``vamp``          ``vamp``: the VampPrior
-``cvae``          ``cvae``: a label-conditional VAE
-================  ===========================================================================
+=========================  =========================================================================
+module                     what it holds
+=========================  =========================================================================
+``protocol``               what a model is (:class:`LatentModel`), and how the tools read its traces
+``config``                 :class:`ModelConfig`, :data:`MODELS`, models by import path
+``likelihoods``            observation models, registered by name in :data:`LIKELIHOODS`
+``discretized_logistic``   the discretized logistic mixture: a pmf over 8-bit levels
+``networks``               MLP and conv encoders/decoders (return parameters, never sample)
+``vae``                    ``vae``: the VAE
+``two_layer``              ``two-layer``: two stochastic layers (Burda et al. 2016)
+``iaf``                    ``iaf``: a Gaussian guide with inverse autoregressive flows
+``vamp``                   ``vamp``: the VampPrior
+``cvae``                   ``cvae``: a label-conditional VAE
+=========================  =========================================================================
 """
 
 from pyro_vae.models.config import (
