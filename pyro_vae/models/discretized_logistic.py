@@ -151,11 +151,15 @@ class DiscretizedLogisticMixture(TorchDistribution):
         first, final = k == 0, k == last  # the edge levels take the tails: factor 1 there
         neg_log_scale = -self.log_scale
         inv_scale = neg_log_scale.exp()  # (..., K)
-        log_upper = F.logsigmoid((upper - self.loc) * inv_scale).masked_fill(final, 0.0)
-        log_lower = F.logsigmoid((self.loc - lower) * inv_scale).masked_fill(first, 0.0)
-        # the standardized bin width 1 / ((L - 1) s), by its log: exact however wide s is
+        # -log sigmoid(t) = softplus(-t), the cheaper kernel. The two fills are in place (each
+        # factor is a fresh tensor of the full shape, and softplus keeps its input, not its
+        # output, for the backward pass): this runs K = 5000 times per datapoint in evaluation
+        minus_log_upper = F.softplus((self.loc - upper) * inv_scale).masked_fill_(final, 0.0)
+        minus_log_lower = F.softplus((lower - self.loc) * inv_scale).masked_fill_(first, 0.0)
+        # the standardized bin width 1 / ((L - 1) s), by its log: exact however wide s is (it
+        # has the parameters' shape, which the levels may broadcast: filled out of place)
         gap = log1mexp(neg_log_scale - math.log(last)).masked_fill(first | final, 0.0)
-        return log_upper + log_lower + gap
+        return gap - minus_log_upper - minus_log_lower
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
