@@ -1,5 +1,7 @@
-"""Every test starts from a clean Pyro state, validation on, and a fixed seed."""
+"""Every test starts from a clean Pyro state, validation on, and a fixed seed; every test, and
+every subprocess a test starts, uses one intra-op thread."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +12,13 @@ import torch
 from cli_runs import flat_args
 
 from pyro_vae.apps import cli
+
+# The tests' models are tiny: a second OpenMP thread gains nothing, and on a machine busy with
+# other work two threads waiting on each other make a step some 50 times slower (measured: a
+# 1500-step test took 586 s with two threads beside another job, 14 s with one). Subprocesses
+# (the command line, the experiment scripts) inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 #: The real MNIST test split, beside the checkout (never committed); tests skip without it.
 MNIST_T10K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
@@ -22,15 +31,6 @@ def _pyro_state():
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: tiny float64 ops gain nothing from a second on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -50,11 +50,6 @@ from pyro_vae.train.step import DivergenceWatch
 from pyro_vae.validation import shortest
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    """Tiny models: one intra-op thread (see conftest)."""
-
-
 def _one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err

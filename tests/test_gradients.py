@@ -14,9 +14,6 @@ from linear_gaussian import make_problem, make_vae
 SIGMA = 0.5
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def test_rainforth_effect_iwae_encoder_snr_falls_with_k_and_dregs_does_not():
     W, b, x = make_problem(sigma=SIGMA, n=64)
     vae = make_vae(W, b, SIGMA, loc_shift=0.4, scale_factor=1.6)

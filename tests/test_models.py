@@ -34,9 +34,6 @@ SMALL = dict(latent_dim=3, hidden=(16,), top_latent_dim=2, top_hidden=(8,), pseu
 LABELS = LabelInfo((), "int64", 3)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _bound(name, model, x, *inputs, K=1, **kw):
     est = make_estimator(name, K, **kw)
     return -est.differentiable_loss(model.model, model.guide, x, *inputs).item() / len(x)

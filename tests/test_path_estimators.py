@@ -28,9 +28,6 @@ from linear_gaussian import exact_log_px, make_problem, make_vae
 SIGMA = 0.5
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture
 def problem():
     W, b, x = make_problem(sigma=SIGMA)

@@ -47,16 +47,6 @@ SMALL = dict(latent_dim=2, hidden=(8,))
 BIN = Preprocess("dynamic")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """On a busy 2-core machine, two OpenMP threads waiting on each other make these tiny
-    models some 50 times slower; one thread also keeps runs comparable across processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _params(vae) -> dict:
     return {k: v.detach().clone() for k, v in vae.state_dict().items()}
 

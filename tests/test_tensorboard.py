@@ -38,7 +38,7 @@ def _train(capsys, data, *extra) -> tuple[int, str]:
     return rc, err
 
 
-def test_every_epoch_is_logged_and_the_run_is_unchanged(tmp_path, flat_npy, capsys, one_thread):
+def test_every_epoch_is_logged_and_the_run_is_unchanged(tmp_path, flat_npy, capsys):
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -69,7 +69,7 @@ def test_every_epoch_is_logged_and_the_run_is_unchanged(tmp_path, flat_npy, caps
     assert images[0].encoded_image_string != images[-1].encoded_image_string
 
 
-def test_picture_grids_show_inputs_above_their_reconstructions(one_thread):
+def test_picture_grids_show_inputs_above_their_reconstructions():
     vae = build_vae((1, 4, 4), "bernoulli", latent_dim=2, hidden=(8,))
     x = (torch.arange(10 * 16).reshape(10, 1, 4, 4) % 3 == 0).float()
     grids = picture_grids(vae, x, Preprocess("none"))
@@ -99,7 +99,7 @@ def test_a_log_needs_a_run_directory():
         TensorBoardLog.start(TrainConfig(tensorboard=True), None)
 
 
-def test_fit_without_tensorboard_never_imports_it(monkeypatch, one_thread):
+def test_fit_without_tensorboard_never_imports_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # any import would fail
     vae = build_vae((4,), "bernoulli", latent_dim=2, hidden=(4,))
     x = torch.bernoulli(torch.full((8, 4), 0.5))
