@@ -129,10 +129,10 @@ class DiscretizedLogisticMixture(TorchDistribution):
         new.loc = self.loc.expand(shape)
         new.log_scale = self.log_scale.expand(shape)
         new.levels = self.levels
+        # validated as the original is (its parameters, expanded, are as valid as they were)
         super(DiscretizedLogisticMixture, new).__init__(
-            torch.Size(batch_shape), torch.Size(), validate_args=False
+            torch.Size(batch_shape), torch.Size(), validate_args=self._validate_args
         )
-        new._validate_args = self._validate_args
         return new
 
     def component_log_prob(self, value: torch.Tensor) -> torch.Tensor:
