@@ -2,6 +2,9 @@
 
 import argparse
 import math
+import re
+import shlex
+from pathlib import Path
 
 import pyro
 import pytest
@@ -9,7 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyro_vae.apps.cli import build_parser
 from pyro_vae.config import RunConfig, add_flags, from_flat
+from pyro_vae.config import given as given_settings
 from pyro_vae.infer.estimators import make_estimator
 from pyro_vae.models import VAE, ModelConfig, build_vae
 from pyro_vae.models.discretized_logistic import DiscretizedLogisticMixture, LevelGrid
@@ -420,3 +425,21 @@ def test_log_probs_are_finite_with_the_right_shape(name, batch, shape, scale):
     assert torch.isfinite(lp).all()
     assert lik.mean(params).shape == (batch, *shape)
     assert torch.isfinite(lik.mean(params)).all()
+
+
+def test_the_readme_table_lists_every_likelihood_and_its_commands_are_valid_settings():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = re.search(r"^## Likelihoods .*?\n(.*?)(?=^## )", readme, re.S | re.M).group(1)
+    for name in LIKELIHOODS:
+        assert f"| `{name}` |" in section, name
+    lines = [
+        line
+        for block in re.findall(r"```bash\n(.*?)\n```", section, re.S)
+        for line in block.replace("\\\n", " ").splitlines()
+    ]
+    trains = [shlex.split(line, comments=True) for line in lines if " train " in line]
+    assert len(trains) >= 10
+    for argv in trains:
+        args = build_parser().parse_args(argv[1:])
+        cfg = from_flat(RunConfig(), given_settings(args, RunConfig))  # a valid configuration
+        make_likelihood(cfg.model.likelihood, (1, 4, 4), **cfg.model.likelihood_options())
