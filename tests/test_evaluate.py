@@ -401,7 +401,7 @@ def _tiny_run(tmp_path, likelihood: str, dataset: str = "shapes", **model) -> Pa
     return run
 
 
-def test_a_discretized_logistic_run_reports_exact_bits_per_dim_and_shows_its_mean(tmp_path):
+def test_a_discretized_logistic_run_reports_exact_bits_per_dim_and_writes_its_pictures(tmp_path):
     run = _tiny_run(tmp_path, "discretized-logistic", components=2)
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["dequantize"] is False and config["data"]["binarize"] == "none"
