@@ -10,10 +10,11 @@ behind belongs to a writer that was killed, and :func:`remove_temp_files` delete
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -48,6 +49,17 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def csv_text(rows: Sequence[dict], fieldnames: Sequence[str] | None = None) -> str:
+    """``rows`` as CSV text with a header: the columns ``fieldnames`` (default: the first row's
+    keys; keys outside them are left out)."""
+    buf = io.StringIO()
+    names = list(fieldnames if fieldnames is not None else rows[0])
+    writer = csv.DictWriter(buf, fieldnames=names, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def save_figure(fig: Any, path: str | Path, **savefig_kwargs) -> None:

@@ -30,9 +30,7 @@ run directories under ``runs/``.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import math
 import statistics
 import time
@@ -55,7 +53,7 @@ from pyro_vae.config import (
 )
 from pyro_vae.eval import gradient_snr, importance_log_px
 from pyro_vae.eval.gradients import plot_snr, snr_noise_floor, snr_table
-from pyro_vae.files import atomic_write_text, save_figure
+from pyro_vae.files import atomic_write_text, csv_text, save_figure
 from pyro_vae.infer import estimator_refusal
 from pyro_vae.models import LabelInfo, build_model
 from pyro_vae.runs import evaluation_data, inputs_for, model_inputs, resolve_data, run_training
@@ -203,14 +201,6 @@ def _markdown_table(table: Sequence[dict], iw_samples: int, reference: str = SNR
             cells.append(f"{row[f'{attr}_mean']:.{digits}f} +- {row[f'{attr}_sd']:.{digits}f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _csv(rows: Sequence[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def plot_learning_curves(runs: Sequence[RunSummary]):
@@ -365,12 +355,12 @@ def _write_tables_and_pictures(
     out: Path, cfg: CompareConfig, runs, table, snr_rows, seed: int, reference: str
 ) -> None:
     """``comparison.csv``, ``runs.csv``, ``snr.csv``, ``learning_curves.png``, ``snr.png``."""
-    atomic_write_text(out / "comparison.csv", _csv(table))
+    atomic_write_text(out / "comparison.csv", csv_text(table))
     per_run = [
         {k: v for k, v in asdict(r).items() if k not in ("curve", "train_curve")} for r in runs
     ]
-    atomic_write_text(out / "runs.csv", _csv(per_run))
-    atomic_write_text(out / "snr.csv", _csv([s.as_dict() for s in snr_rows]))
+    atomic_write_text(out / "runs.csv", csv_text(per_run))
+    atomic_write_text(out / "snr.csv", csv_text([s.as_dict() for s in snr_rows]))
     save_figure(plot_learning_curves(runs), out / "learning_curves.png")
     title = f"gradient SNR at the final {reference} parameters (seed {seed}), R = {cfg.snr_draws}"
     save_figure(plot_snr(snr_rows, title=title), out / "snr.png")

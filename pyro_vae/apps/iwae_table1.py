@@ -29,8 +29,6 @@ References: Y. Burda, R. Grosse, R. Salakhutdinov, *Importance Weighted Autoenco
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from dataclasses import dataclass
@@ -47,7 +45,7 @@ from pyro_vae.config import (
     section,
     setting,
 )
-from pyro_vae.files import atomic_write_text
+from pyro_vae.files import atomic_write_text, csv_text
 from pyro_vae.registry import Registry
 from pyro_vae.runs import run_config, run_training
 from pyro_vae.train import CheckpointError, RunDirectoryError, TrainingInterrupted
@@ -277,14 +275,6 @@ def table_markdown(rows: list[dict], cfg: Table1Config) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def run_table(cfg: Table1Config, out: str | Path = "runs/iwae-table1") -> tuple[list[dict], str]:
     """Train and evaluate every cell of ``cfg``; write ``table1.md`` and ``table1.csv`` into
     ``out``.
@@ -303,7 +293,7 @@ def run_table(cfg: Table1Config, out: str | Path = "runs/iwae-table1") -> tuple[
     rows = table_rows(cells, cfg)
     markdown = table_markdown(rows, cfg)
     atomic_write_text(out / "table1.md", markdown)
-    atomic_write_text(out / "table1.csv", _csv(rows))
+    atomic_write_text(out / "table1.csv", csv_text(rows))
     return rows, markdown
 
 

@@ -19,8 +19,6 @@ Layout::
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
 import platform
@@ -33,7 +31,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae.files import atomic_write_text, remove_temp_files
+from pyro_vae.files import atomic_write_text, csv_text, remove_temp_files
 
 try:
     import fcntl
@@ -287,8 +285,4 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     """Rewrite ``metrics.jsonl`` and ``metrics.csv`` from ``rows`` (atomic, each)."""
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
+    atomic_write_text(run_dir / "metrics.csv", csv_text(rows, METRIC_FIELDS))
