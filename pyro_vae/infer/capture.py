@@ -142,29 +142,36 @@ _IDENTITIES = {
 }
 
 
+#: tensors every element of which holds the same number: the zeros and ones of a standard prior
+_FILLS = {
+    "aten.new_zeros.default": 0,
+    "aten.new_ones.default": 1,
+    "aten.zeros.default": 0,
+    "aten.ones.default": 1,
+}
+
+
+def _filled_with(c) -> int | float | None:
+    """The number ``c`` stands for: itself (a Python scalar), or the fill of a graph node made by
+    ``zeros``/``ones`` (possibly expanded); ``None`` for anything else."""
+    if isinstance(c, (int, float)) and not isinstance(c, bool):
+        return c
+    while isinstance(c, torch.fx.Node) and str(c.target) == "aten.expand.default":
+        c = c.args[0]
+    if isinstance(c, torch.fx.Node) and c.op == "call_function":
+        return _FILLS.get(str(c.target))
+    return None
+
+
 def _drop_identities(graph) -> None:
-    """Remove ``x + 0``, ``x - 0``, ``x * 1``, ``x / 1`` (Pyro's bookkeeping adds a few) and
-    ``expand`` to the shape the tensor already has; values and gradients are unchanged."""
-    for node in list(graph.graph.nodes):
-        if node.op != "call_function" or len(node.args) < 2 or node.kwargs:
-            continue
-        x, c = node.args[0], node.args[1]
-        out, src = node.meta.get("val"), getattr(x, "meta", {}).get("val")
-        if not isinstance(out, torch.Tensor) or not isinstance(src, torch.Tensor):
-            continue
-        same = out.shape == src.shape and out.dtype == src.dtype and src.is_floating_point()
-        name = str(node.target)
-        identity = (
-            name in _IDENTITIES
-            and isinstance(c, (int, float))
-            and not isinstance(c, bool)
-            and c == _IDENTITIES[name]
-        ) or (name == "aten.expand.default" and tuple(c) == tuple(src.shape))
-        if same and identity:
-            node.replace_all_uses_with(x)
-            graph.graph.erase_node(node)
+    """Remove ``x + 0``, ``x - 0``, ``x * 1``, ``x / 1``, with ``0`` and ``1`` a scalar or a
+    tensor of zeros or ones (Pyro's bookkeeping adds a few; a standard Normal prior's KL
+    divides by its scale of ones and subtracts its loc of zeros) and ``expand`` to the shape the
+    tensor already has; values and gradients are unchanged (the result keeps ``x``'s shape and
+    dtype, or nothing is removed)."""
     for node in list(graph.graph.nodes):
         # broadcast_tensors of tensors that already share a shape returns them as they are
+        # (first: it hides a prior's zeros and ones from the identities below)
         if node.op == "call_function" and str(node.target) == "aten.broadcast_tensors.default":
             inputs = node.args[0]
             vals = [getattr(t, "meta", {}).get("val") for t in inputs]
@@ -179,6 +186,23 @@ def _drop_identities(graph) -> None:
                     u.replace_all_uses_with(inputs[u.args[1]])
                     graph.graph.erase_node(u)
                 graph.graph.erase_node(node)
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or len(node.args) < 2 or node.kwargs:
+            continue
+        x, c = node.args[0], node.args[1]
+        name = str(node.target)
+        if name in ("aten.add.Tensor", "aten.mul.Tensor") and _filled_with(x) is not None:
+            x, c = c, x  # 0 + x, 1 * x
+        out, src = node.meta.get("val"), getattr(x, "meta", {}).get("val")
+        if not isinstance(out, torch.Tensor) or not isinstance(src, torch.Tensor):
+            continue
+        same = out.shape == src.shape and out.dtype == src.dtype and src.is_floating_point()
+        identity = (name in _IDENTITIES and _filled_with(c) == _IDENTITIES[name]) or (
+            name == "aten.expand.default" and tuple(c) == tuple(src.shape)
+        )
+        if same and identity:
+            node.replace_all_uses_with(x)
+            graph.graph.erase_node(node)
 
 
 def _drop_dead_constants(graph) -> None:
