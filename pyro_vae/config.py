@@ -98,7 +98,7 @@ class TrainConfig:
     particles: int = setting(1, "Monte Carlo particles (K for iwae, renyi and dreg)")
     alpha: float = setting(0.5, "Renyi alpha (renyi only)")
     epochs: int = setting(20, "epochs to train (on --resume: the total, to extend a run)")
-    batch_size: int = setting(128, "datapoints per step")
+    batch_size: int = setting(128, "datapoints per step (per process under torchrun)")
     lr: float = setting(1e-3, "Adam learning rate")
     adam_eps: float = setting(1e-8, "Adam's epsilon (Burda et al. 2016: 1e-4)")
     weight_decay: float = setting(0.0, "Adam weight decay")
@@ -134,6 +134,9 @@ class TrainConfig:
         "also log each epoch's metrics, lr, beta, reconstructions and samples to "
         "<run dir>/tensorboard (needs the tensorboard extra)",
     )
+    dist_timeout: float = setting(
+        600.0, "under torchrun: seconds a process waits for the others before it stops"
+    )
     capture: str = setting(
         "graph",
         "graph: record the Pyro loss once per batch shape and replay it; compile: also "
@@ -164,6 +167,7 @@ class TrainConfig:
         if self.memory_limit_mb is not None:
             at_least("memory-limit-mb", self.memory_limit_mb, 0)
         at_least("seed", self.seed, 0)
+        at_least("dist-timeout", self.dist_timeout, 0, strict=True)
         finite("alpha", self.alpha)
         CAPTURE_MODES.check(self.capture)
         check_beta(self.estimator, self.beta, warmup=self.warmup_epochs > 0)
@@ -189,7 +193,7 @@ class RunConfig:
 #: the run settings that may change on ``--resume`` (the rest must match the checkpoint)
 RESUMABLE = frozenset(
     {"epochs", "quiet", "log_every", "device", "data_dir", "download", "capture",
-     "divergence_factor", "memory_limit_mb", "tensorboard"}
+     "divergence_factor", "memory_limit_mb", "tensorboard", "dist_timeout"}
 )  # fmt: skip
 
 

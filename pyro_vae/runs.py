@@ -18,6 +18,7 @@ import torch
 
 from pyro_vae.config import DataConfig, RunConfig
 from pyro_vae.data import DataSplit, Preprocess, canonical_source, load_data
+from pyro_vae.distributed import current
 from pyro_vae.models import LabelInfo, build_model, inputs_of
 from pyro_vae.registry import Registry
 from pyro_vae.train import CheckpointError, TrainResult, fit, load_checkpoint, rundir
@@ -72,15 +73,22 @@ def run_training(
     The model's extra inputs (a conditional model's labels) come from the data.
 
     :param out: the run directory (default ``runs/<time>-<dataset>-<likelihood>-<estimator>``).
+
+    Under torchrun every rank calls it: rank 0 loads the data first (a download happens
+    once), then the others; rank 0 names the default run directory.
     """
     pyro.set_rng_seed(cfg.train.seed)
-    split, pre, cfg = resolve_data(cfg)
+    world = current()
+    with world.main_first():
+        split, pre, cfg = resolve_data(cfg)
     fingerprint = split.fingerprint()
     labels = LabelInfo.of(split.train_labels, split.test_labels)
     model = build_model(cfg.model, split.event_shape, labels=labels, beta=cfg.train.beta)
     train_inputs, test_inputs = model_inputs(model, split)
     if out is None:
-        out = rundir.default_run_dir(cfg.data.dataset, cfg.model.likelihood, cfg.train.estimator)
+        out = world.broadcast_object(
+            rundir.default_run_dir(cfg.data.dataset, cfg.model.likelihood, cfg.train.estimator)
+        )
     full = {
         **cfg.to_dict(),
         "event_shape": list(split.event_shape),
@@ -89,6 +97,7 @@ def run_training(
         "data_fingerprint": fingerprint,
         "labels": None if labels is None else labels.to_dict(),
         "environment": rundir.environment(),
+        "world_size": world.size,
     }
     return fit(
         model, split.train, split.test, cfg.train, preprocess=pre, out=out, run_config=full,

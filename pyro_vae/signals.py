@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 #: the signals that stop a training run between two steps (SIGHUP where the system has it)
 STOP_SIGNALS = tuple(
@@ -50,10 +51,18 @@ def _raise(signum, frame) -> None:
     raise Interrupted(signum)
 
 
+#: seconds within which a repeat of the stop signal counts as the same request
+REPEAT_WINDOW_S = 0.5
+
+
 class StopRequest:
     """A stop signal (:data:`STOP_SIGNALS`) sets a flag that the loop reads between steps, so
     a checkpoint is never taken in the middle of an optimizer update; a second one interrupts
     at once (:class:`Interrupted`).
+
+    The same signal again within :data:`REPEAT_WINDOW_S` is the same request, not a second
+    one: a Ctrl-C in a terminal reaches a torchrun worker twice, from the terminal and
+    forwarded by torchrun.
 
     Installed only in the main thread (the only one Python delivers signals to); the previous
     handlers are restored on exit.
@@ -64,6 +73,7 @@ class StopRequest:
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+        self._at = 0.0  # time.monotonic() of the request
 
     @property
     def requested(self) -> bool:
@@ -71,8 +81,10 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
+            if signum == self.signum and time.monotonic() - self._at < REPEAT_WINDOW_S:
+                return
             raise Interrupted(signum)
-        self.signum = signum
+        self.signum, self._at = signum, time.monotonic()
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
 #: the layers, top (imported by all) to bottom (imports all); within a layer, a package imports
 #: only itself
 LAYERS = [
-    {"registry", "validation", "files", "signals"},
+    {"registry", "validation", "files", "signals", "distributed"},
     {"fields"},
     {"models", "infer", "data"},
     {"config"},

@@ -10,6 +10,11 @@ configuration instead of the defaults.
 Exit status: 0 done; 1 an error, as one line on stderr (no traceback); 2 invalid settings;
 ``128 + signum`` after a stop signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM, 129 for SIGHUP
 (``train`` saves a checkpoint between two steps first and says how to resume).
+
+Under ``torchrun`` (``torchrun --nproc-per-node N -m pyro_vae train|evaluate ...``) every
+process runs the command; rank 0 prints the results, and an error that stops every rank at
+once (a stop signal, a non-finite loss, rank 0's own failure) is printed by rank 0 only.
+Another rank's own error names the rank. A rank that lost contact with the others exits 1.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pyro_vae.config import (
     from_flat,
     given,
 )
+from pyro_vae.distributed import PeerError, World, init_from_env, shutdown
 from pyro_vae.eval.plots import save_grid
 from pyro_vae.eval.report import text_table
 from pyro_vae.models import (
@@ -166,9 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(command: str, message: str, status: int = 1) -> int:
-    _say(f"pyro-vae {command}: error: {message}")
+def _fail(command: str, message: str, status: int = 1, world: World = World()) -> int:
+    who = f"pyro-vae {command}" + (f" (rank {world.rank} of {world.size})" if world.active else "")
+    _say(f"{who}: error: {message}")
     return status
+
+
+def _shared(world: World, error: BaseException) -> bool:
+    """Whether every rank stopped on ``error`` together, so rank 0's line says it all."""
+    together = (TrainingInterrupted, NonFiniteLossError)
+    return isinstance(error, together) or (
+        isinstance(error, PeerError) and str(error).startswith("rank 0 failed")
+    )
 
 
 def _read_toml(path: str) -> dict:
@@ -198,18 +213,36 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         cfg = from_flat(base, {**values, **given(args, RunConfig)})
     except (ValueError, TypeError, ImportError) as e:
         parser.error(str(e))
-    out = Path(args.resume or args.out or default_run_dir(
-        cfg.data.dataset, cfg.model.likelihood, cfg.train.estimator
-    ))  # fmt: skip
     try:
+        world = init_from_env(cfg.train.device, cfg.train.dist_timeout)
+    except (ValueError, PeerError) as e:
+        return _fail("train", str(e))
+    try:
+        return _train_run(args, cfg, world)
+    finally:
+        shutdown()
+
+
+def _train_run(args: argparse.Namespace, cfg: RunConfig, world: World) -> int:
+    out = None
+    try:
+        out = world.broadcast_object(Path(args.resume or args.out or default_run_dir(
+            cfg.data.dataset, cfg.model.likelihood, cfg.train.estimator
+        )))  # fmt: skip
         result = run_training(cfg, out=out, resume=bool(args.resume))
     except TrainingInterrupted as e:  # a stop signal, read between two steps: saved
-        _say(str(e))  # "interrupted by ... at step s; resume with ..."
+        if world.is_main:
+            _say(str(e))  # "interrupted by ... at step s; resume with ..."
         return 128 + e.signum
     except KeyboardInterrupt as e:  # before the loop, or a second signal during a write
-        return _interrupted("train", e, out)
-    except (NonFiniteLossError, CheckpointError, OSError, ImportError, ValueError) as e:
-        return _fail("train", str(e))
+        return _interrupted("train", e, out if world.is_main else None)
+    except (NonFiniteLossError, CheckpointError, OSError, ImportError, ValueError,
+            PeerError) as e:  # fmt: skip
+        if world.is_main or not _shared(world, e):
+            _fail("train", str(e), world=world)
+        return 1
+    if not world.is_main:
+        return 0
     print(f"run directory: {result.run_dir}")
     if not result.metrics:
         print(f"no epoch was trained (--epochs {cfg.train.epochs}): checkpoint.pt holds the "
@@ -251,9 +284,19 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as e:
         parser.error(str(e))
     try:
-        summary = evaluate_run(args.run_dir, cfg)
-    except (ValueError, OSError, ImportError, CheckpointError) as e:
+        world = init_from_env(cfg.device, cfg.dist_timeout)
+    except (ValueError, PeerError) as e:
         return _fail("evaluate", str(e))
+    try:
+        summary = evaluate_run(args.run_dir, cfg)
+    except (ValueError, OSError, ImportError, CheckpointError, PeerError) as e:
+        if world.is_main or not _shared(world, e):
+            _fail("evaluate", str(e), world=world)
+        return 1
+    finally:
+        shutdown()
+    if not world.is_main:
+        return 0
     print(text_table(summary))
     print(f"report: {Path(args.run_dir) / 'report.md'}")
     return 0

@@ -5,10 +5,16 @@
 ``report.md`` and ``report.html`` (the table with the pictures) and the pictures under
 ``evaluation/``. Every figure is in nats per datapoint, higher is better, and comes from the
 Pyro model and guide (:mod:`pyro_vae.eval`).
+
+Under ``torchrun`` the datapoints are sharded across the ranks for the importance-sampled
+log p(x) and the ELBO terms, and the per-datapoint results gathered: the particles are a
+function of (seed, datapoint, particle) (:class:`~pyro_vae.eval.noise.CounterNoise`), so
+the numbers equal a single process's up to float rounding. Rank 0 writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -19,6 +25,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae.config import DEVICES, DataConfig, at_least, resolve_device, setting
+from pyro_vae.distributed import World, current
 from pyro_vae.eval import report
 from pyro_vae.eval.bounds import (
     DEFAULT_MEMORY_BUDGET_MB,
@@ -62,6 +69,9 @@ class EvalConfig:
     which: str = setting("best", "the checkpoint to evaluate", choices=CHECKPOINTS)
     elbo_particles: int = setting(100, "Monte Carlo particles of the ELBO's reconstruction term")
     quiet: bool = setting(False, "no progress bars")
+    dist_timeout: float = setting(
+        600.0, "under torchrun: seconds a process waits for the others before it stops"
+    )
 
     def __post_init__(self):
         at_least("iw_samples", self.iw_samples, 1)
@@ -73,6 +83,7 @@ class EvalConfig:
         at_least("seed", self.seed, 0)
         CHECKPOINTS.check(self.which)
         at_least("elbo_particles", self.elbo_particles, 1)
+        at_least("dist_timeout", self.dist_timeout, 0, strict=True)
 
 
 def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, **settings) -> dict:
@@ -87,12 +98,15 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, **settin
         batch size and memory budget.
     """
     cfg = dataclasses.replace(config or EvalConfig(), **settings)
-    with visiting(run_dir):
-        return _evaluate(Path(run_dir), cfg)
+    world = current()
+    with visiting(run_dir) if world.is_main else contextlib.nullcontext():
+        return _evaluate(Path(run_dir), cfg, world)
 
 
-def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
+def _evaluate(run_dir: Path, cfg: EvalConfig, world: World) -> dict:
     dev = resolve_device(cfg.device)
+    if dev.type == "cuda" and world.active:
+        dev = torch.device("cuda", world.local_rank)
     model, _ = load_run(run_dir, cfg.which, device=str(dev))
     x_cpu, labels, label_names, run = evaluation_data(run_dir, cfg.split, cfg.seed)
     inputs = tuple(t.to(dev) for t in inputs_for(model, labels))
@@ -100,10 +114,9 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
     check_data(model, x, _as_is, "evaluation", inputs)
 
     start = time.perf_counter()
-    budget = {"memory_budget_mb": cfg.memory_budget_mb, "batch_size": cfg.batch_size}
-    common = {"seed": cfg.seed, "quiet": cfg.quiet, "inputs": inputs, **budget}
-    imp = importance_log_px(model, x, cfg.iw_samples, **common)
-    terms = elbo_terms(model, x, cfg.elbo_particles, **common)
+    imp, terms = _sharded_bounds(model, x, inputs, cfg, world)
+    if not world.is_main:
+        return {}
     means = posterior_means(model, x, cfg.batch_size or 1000, inputs=inputs)
     units = active_units(means=means) if len(x) > 1 else None
     if dev.type == "cuda":
@@ -142,6 +155,43 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
 
 def _as_is(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def _sharded_bounds(
+    model, x: torch.Tensor, inputs: tuple, cfg: EvalConfig, world: World
+) -> tuple[ImportanceResult, ElboTerms]:
+    """The importance-sampled log p(x) and the ELBO terms of every datapoint of ``x``, each
+    rank scoring its shard (:meth:`~pyro_vae.distributed.World.shard`, with its offset, so
+    it draws the particles one process would), gathered on every rank."""
+    if len(x) < world.size:
+        raise ValueError(
+            f"{len(x)} datapoint(s) cannot be shared by {world.size} processes; evaluate with "
+            f"at most {len(x)}"
+        )
+    start, stop = world.shard(len(x))
+    budget = {"memory_budget_mb": cfg.memory_budget_mb, "batch_size": cfg.batch_size}
+    common = {
+        "seed": cfg.seed, "quiet": cfg.quiet or not world.is_main, "data_offset": start,
+        "inputs": tuple(t[start:stop] for t in inputs), **budget,
+    }  # fmt: skip
+    imp = importance_log_px(model, x[start:stop], cfg.iw_samples, **common)
+    terms = elbo_terms(model, x[start:stop], cfg.elbo_particles, **common)
+    if not world.active:
+        return imp, terms
+    n = len(x)
+    imp = dataclasses.replace(
+        imp,
+        log_px=world.gather_shards(imp.log_px, n),
+        ess=world.gather_shards(imp.ess, n),
+        chunk_invariant=all(world.gather_objects(imp.chunk_invariant)),
+    )
+    terms = dataclasses.replace(
+        terms,
+        recon=world.gather_shards(terms.recon, n),
+        kl_per_site={k: world.gather_shards(v, n) for k, v in terms.kl_per_site.items()},
+        kl_per_dim=world.gather_shards(terms.kl_per_dim, n),
+    )
+    return imp, terms
 
 
 def _figures(

@@ -171,6 +171,7 @@ def importance_log_px(
     particle_chunk: int | None = None,
     data_chunk: int | None = None,
     quiet: bool = False,
+    data_offset: int = 0,
 ) -> ImportanceResult:
     r"""Importance-sampled log p(x) per datapoint with the guide as proposal.
 
@@ -194,6 +195,9 @@ def importance_log_px(
     :param particle_chunk: force the particles per chunk (overrides the budget).
     :param data_chunk: force the datapoints per chunk (overrides the budget).
     :param quiet: no progress bar.
+    :param data_offset: the index of ``x[0]`` in the whole data set (a shard of it, as each
+        rank of a distributed evaluation scores): the particles of datapoint ``n`` are those a
+        single process draws for datapoint ``data_offset + n``.
 
     The VAE's mode and beta are restored afterwards and no parameter changes.
 
@@ -226,7 +230,7 @@ def importance_log_px(
                 est = ImportanceWeightedELBO(alpha=0.0, num_particles=k1 - k0)
                 noise = CounterNoise(
                     seed,
-                    data_offset=n0,
+                    data_offset=data_offset + n0,
                     particle_offset=k0,
                     num_particles=k1 - k0,
                     particle_dim=-est.max_plate_nesting if k1 - k0 > 1 else None,
@@ -301,6 +305,7 @@ def elbo_terms(
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     batch_size: int | None = None,
     quiet: bool = False,
+    data_offset: int = 0,
 ) -> ElboTerms:
     """The ELBO split into its terms, per datapoint, for any model.
 
@@ -316,7 +321,8 @@ def elbo_terms(
       ``E_q[log q - log p]`` over the particles. :attr:`ElboTerms.kl_kind` says which.
 
     So ``elbo = recon - kl`` equals :func:`evaluate_elbo` in expectation, with
-    ``num_particles`` times less Monte Carlo variance.
+    ``num_particles`` times less Monte Carlo variance. ``data_offset``: as in
+    :func:`importance_log_px`.
     """
     check_shape(vae, x, "evaluation")
     check_inputs(vae, inputs, len(x), "evaluation")
@@ -341,7 +347,8 @@ def elbo_terms(
             dims_chunk: dict[str, torch.Tensor] = {}
             for k0, k1 in chunks(num_particles, k_chunk):
                 noise = CounterNoise(
-                    seed, data_offset=n0, particle_offset=k0, num_particles=k1 - k0,
+                    seed, data_offset=data_offset + n0, particle_offset=k0,
+                    num_particles=k1 - k0,
                     particle_dim=-2, data_plate=data_plate_of(vae), stream=STREAM_ELBO,
                 )  # fmt: skip
                 with pyro.plate("elbo_particles", k1 - k0, dim=-2):

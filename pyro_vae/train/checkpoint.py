@@ -26,13 +26,15 @@ import torch
 from torch import nn
 
 from pyro_vae.config import RESUMABLE
+from pyro_vae.distributed import World
 from pyro_vae.files import atomic_write
 from pyro_vae.train import rundir
 from pyro_vae.train.rundir import RunDirectoryError
 from pyro_vae.train.state import EpochCursor, Schedule, TrainState
 from pyro_vae.train.step import NonFiniteLossError, non_finite_state
 
-#: checkpoint layout (1: epoch boundaries only; 2: adds the mid-epoch state)
+#: checkpoint layout (1: epoch boundaries only; 2: adds the mid-epoch state, and, from runs of
+#: several processes, every rank's random-number generator states)
 CHECKPOINT_FORMAT = 2
 
 #: facts about the data recorded beside the settings; a resumed run must see the same
@@ -237,6 +239,15 @@ def check_training_state(
             raise _damaged(path, f"its metrics are not one row of numbers per epoch ({epoch})")
     _check_optimizer_state(saved["optimizer"], module, optimizer, path)
     _check_rng_state(saved["rng"], path)
+    ranks = saved.get("rng_ranks")
+    if ranks is not None:
+        if len(ranks) != saved.get("world_size", 1):
+            raise _damaged(path, f"it holds {len(ranks)} ranks' RNG states for a run of "
+                                 f"{saved.get('world_size', 1)} processes")  # fmt: skip
+        for rng in ranks:
+            if not isinstance(rng, dict):
+                raise _damaged(path, "its ranks' RNG states are not those pyro-vae saves")
+            _check_rng_state(rng, path)
 
 
 _TYPES = {
@@ -253,6 +264,8 @@ _TYPES = {
     "best_test_elbo": (float, int),
     "metrics": (list,),
     "config": (dict,),
+    "world_size": (int,),
+    "rng_ranks": (list, type(None)),
 }
 
 
@@ -382,6 +395,12 @@ class Checkpointer:
     The run directory is locked from construction to :meth:`close` (use it as a context
     manager; see :func:`~pyro_vae.train.rundir.claim`): one process per run.
 
+    With several ranks (``world``) every rank makes one and calls every method at the same
+    points; rank 0 alone claims, reads and writes the run directory. A save gathers every
+    rank's RNG states (``rng_ranks``) and the sum of their epoch losses into rank 0's file;
+    :meth:`restore` reads it on rank 0 and hands it to the others, each taking its own RNG
+    states back; a failed read or write on rank 0 stops the other ranks too.
+
     :param out: the run directory, or ``None``.
     :param config: the configuration saved in every checkpoint, which a resumed run must match.
     :param resume: continue the run in ``out`` (from step 0 if it stopped before its first
@@ -398,11 +417,13 @@ class Checkpointer:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         config: dict,
         resume: bool = False,
+        world: World = World(),
     ):
         if resume and out is None:
             raise ValueError("resume=True needs the run directory (out=...)")
+        self.world = world
         self.run_dir = None if out is None else Path(out)
-        self._lock = None if out is None else rundir.claim(out, resume)
+        self._lock = None if out is None else world.on_main(rundir.claim, out, resume)
         self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
         self.config, self.resume = config, resume
         #: the step of the last checkpoint.pt written or resumed from (``None``: none yet)
@@ -432,17 +453,15 @@ class Checkpointer:
         A run that stopped before its first checkpoint (its ``config.json`` only) starts from
         step 0. Nothing is written: the caller's :meth:`begin` writes.
 
-        :raises CheckpointError: unreadable, of another configuration, or a cosine schedule
-            asked to span another number of epochs.
+        :raises CheckpointError: unreadable, of another configuration, of another number of
+            processes, or a cosine schedule asked to span another number of epochs.
         """
-        if not self.path.exists() and (self.run_dir / "config.json").is_file():
+        saved = self.world.on_main(self._read, schedule, device)
+        if self.world.active:
+            saved = self.world.broadcast_object(saved)
+        if saved is None:
             self.fresh = True
             return TrainState()
-        saved = safe_load(self.path, map_location=device)
-        check_checkpoint(saved, self.path, self.config)
-        _check_model_state(saved["model"], self.module, self.path)
-        spe = schedule.steps_per_epoch
-        check_training_state(saved, self.path, self.module, self.optimizer, spe)
         load_module_state(saved, self.module, self.path)
         self.optimizer.load_state_dict(saved["optimizer"])
         for group in self.optimizer.param_groups:  # the flags come back from the file: ours
@@ -459,7 +478,8 @@ class Checkpointer:
                     f"new run (or use --lr-schedule constant, which can be extended)"
                 )
             self.scheduler.load_state_dict(saved["scheduler"])
-        set_rng_state(saved["rng"])
+        ranks = saved.get("rng_ranks")
+        set_rng_state(ranks[self.world.rank] if ranks and self.world.active else saved["rng"])
         epoch = saved["epoch"]
         if "metrics" in saved:
             metrics = list(saved["metrics"])
@@ -467,8 +487,31 @@ class Checkpointer:
             metrics = [r for r in rundir.read_metrics(self.run_dir) if r["epoch"] <= epoch]
         state = TrainState(epoch, saved["step"], saved["best_test_elbo"], metrics)
         state.cursor = _cursor(saved, schedule, device)
+        if state.cursor is not None and not self.world.is_main:
+            state.cursor.loss_sum.zero_()  # rank 0's holds the sum over the ranks
         self.saved_step = state.step
         return state
+
+    def _read(self, schedule: Schedule, device: torch.device) -> dict | None:
+        """``checkpoint.pt``, validated against the module, the optimizer, the schedule and
+        the number of processes (``None``: the run stopped before its first checkpoint).
+        With several ranks it is read to the CPU, to be handed to the others."""
+        if not self.path.exists() and (self.run_dir / "config.json").is_file():
+            return None
+        saved = safe_load(self.path, map_location="cpu" if self.world.active else device)
+        check_checkpoint(saved, self.path, self.config)
+        size = saved.get("world_size", 1)
+        if size != self.world.size:
+            raise CheckpointError(
+                f"{self.path} was written by a run of {size} process(es) and this one has "
+                f"{self.world.size}; its data shards, steps per epoch and random streams depend "
+                f"on that number. Resume with {size} process(es) in all (torchrun --nnodes N "
+                f"--nproc-per-node M with N x M = {size})"
+            )
+        _check_model_state(saved["model"], self.module, self.path)
+        spe = schedule.steps_per_epoch
+        check_training_state(saved, self.path, self.module, self.optimizer, spe)
+        return saved
 
     def begin(self, state: TrainState, run_config: dict | None) -> None:
         """Before the first step: ``config.json`` (the full ``run_config``: on resume, with the
@@ -498,17 +541,21 @@ class Checkpointer:
                 step=state.step,
                 term="update",
             )
+        rngs = self.world.gather_objects(rng_state())  # every rank's, rank 0's first
         saved = {
             "format": CHECKPOINT_FORMAT,
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "rng": rng_state(),
+            "rng": rngs[0],
+            "rng_ranks": rngs if self.world.active else None,
+            "world_size": self.world.size,
             "epoch": state.epoch,
             "step": state.step,
             "batch": 0 if cursor is None else cursor.batch,
             "perm": None if cursor is None else cursor.perm,
-            "epoch_loss": None if cursor is None else cursor.loss_sum,
+            # the sum over the ranks' datapoints so far
+            "epoch_loss": None if cursor is None else self.world.sum_(cursor.loss_sum.clone()),
             "epoch_seconds": 0.0 if cursor is None else cursor.seconds,
             "best_test_elbo": state.best,
             "metrics": state.metrics,
@@ -542,7 +589,11 @@ class Checkpointer:
         return lambda: rundir.write_metrics(self.run_dir, state.metrics)
 
     def _write(self, path: Path, state: TrainState, write: Callable[[], Any]) -> None:
-        """Run ``write``; turn a failure (full disk, ...) into a clear stop."""
+        """Run ``write`` on rank 0; turn a failure (full disk, ...) into a clear stop (on
+        every rank)."""
+        self.world.on_main(self._write_here, path, state, write)
+
+    def _write_here(self, path: Path, state: TrainState, write: Callable[[], Any]) -> None:
         try:
             write()
         except OSError as e:

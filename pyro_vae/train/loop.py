@@ -11,6 +11,11 @@ Pyro's validation runs on the first batch of each shape (when the loss is record
 every step where the program runs uncaptured; the loss and gradients are checked for
 finiteness on the device every step.
 
+Several processes (``torchrun``, see :mod:`pyro_vae.distributed`): each rank trains on its
+shard of every epoch's permutation with its own random stream, DDP averages the gradients,
+and the ranks agree between steps on a stop request and on every check, so they stop at the
+same step; rank 0 alone writes the run directory.
+
 Faults stop training without losing work: a non-finite loss is caught on the device and named
 (step and ELBO term); Ctrl-C (SIGINT), SIGTERM or SIGHUP writes a checkpoint between two
 steps, from which
@@ -30,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyro
 import torch
 from pyro.infer.elbo import ELBO
 from torch import nn
@@ -37,6 +43,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.config import TrainConfig, resolve_device
 from pyro_vae.data import Preprocess
+from pyro_vae.distributed import World, current, rank_seed
 from pyro_vae.eval.bounds import evaluate_elbo, heldout_choice
 from pyro_vae.eval.plots import write_pictures
 from pyro_vae.infer import check_beta, estimator_refusal
@@ -156,11 +163,22 @@ def fit(
         configuration; nothing is written then.
     :raises ValueError: data outside the model's support, or an estimator that does not apply
         to the model (named, with what to use instead), before any step.
+    :raises PeerError: with several ranks, another rank failed or stopped answering.
+
+    Under an initialized :mod:`torch.distributed` process group (``torchrun``), every rank
+    calls ``fit`` with the same arguments: each trains on its shard of the data (see
+    :class:`~pyro_vae.train.state.Schedule`) with batch ``config.batch_size``, rank ``r > 0``
+    reseeds its random stream with ``rank_seed(config.seed, r)``, and only rank 0 writes to
+    ``out`` and shows progress.
     """
     cfg = config
+    world = current()
+    if not world.is_main:  # rank 0 shows progress and writes TensorBoard events
+        cfg = dataclasses.replace(cfg, quiet=True, tensorboard=False)
+        pyro.set_rng_seed(rank_seed(cfg.seed, world.rank))  # independent draws per rank
     board = TensorBoardLog.start(cfg, out)  # --tensorboard: refuses before anything is written
     check_beta(cfg.estimator, cfg.beta, warmup=cfg.warmup_epochs > 0)
-    device = resolve_device(cfg.device)
+    device = _device(cfg.device, world)
     model.to(device)
     train, train_inputs = train.to(device), tuple(t.to(device) for t in train_inputs)
     if test is None or len(test) == 0:  # --test-size 0
@@ -170,15 +188,15 @@ def fit(
     held_out, how = _preflight(model, cfg, preprocess, train, train_inputs, test, test_inputs)
     pictured = (test, test_inputs) if test is not None else (train, train_inputs)
 
-    schedule = Schedule.of(len(train), cfg)
-    step = TrainStep(model, cfg, device)
+    schedule = Schedule.of(len(train), cfg, world)
+    step = TrainStep(model, cfg, device, world)
     scheduler = make_scheduler(step.optimizer, cfg, schedule.total_steps)
-    saved = dict(run_config) if run_config is not None else {"train": dataclasses.asdict(cfg)}
+    saved = dict(run_config) if run_config is not None else {"train": dataclasses.asdict(config)}
     saved["test_elbo_estimator"] = how
-    with Checkpointer(out, model, step.optimizer, scheduler, saved, resume) as checkpoints:
+    with Checkpointer(out, model, step.optimizer, scheduler, saved, resume, world) as checkpoints:
         state = checkpoints.restore(schedule, device) if resume else TrainState()
         run = _Run(model, train, train_inputs, test, test_inputs, preprocess, cfg, schedule,
-                   step, scheduler, checkpoints, held_out)  # fmt: skip
+                   step, scheduler, checkpoints, held_out, world)  # fmt: skip
         run.resume_at(state)
         model.train()
         with run.stop, warnings.catch_warnings():
@@ -191,9 +209,19 @@ def fit(
         board.close()
         if checkpoints.run_dir is not None:
             x, inputs = pictured
-            write_pictures(model, x, checkpoints.run_dir, state.metrics, preprocess=preprocess,
-                           inputs=inputs)  # fmt: skip
+            world.on_main(
+                write_pictures, model, x, checkpoints.run_dir, state.metrics,
+                preprocess=preprocess, inputs=inputs,
+            )  # fmt: skip
     return TrainResult(model, checkpoints.run_dir, state.metrics, state.best, step.loss.mode, how)
+
+
+def _device(name: str, world: World) -> torch.device:
+    """The training device: with several ranks on CUDA, the rank's own ``cuda:LOCAL_RANK``."""
+    device = resolve_device(name)
+    if device.type == "cuda" and world.active:
+        return torch.device("cuda", world.local_rank)
+    return device
 
 
 def _preflight(
@@ -233,6 +261,7 @@ class _Epoch:
     """An epoch being trained: where it stands, its progress bar and when it started."""
 
     cursor: EpochCursor
+    shard: torch.Tensor  # (shard_size,) this rank's datapoints of the epoch's permutation
     bar: tqdm
     started: float  # time.perf_counter() at its start, less the seconds before a resume
 
@@ -253,6 +282,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     checkpoints: Checkpointer
     held_out: ELBO  # the estimator of the held-out ELBO
+    world: World = World()
     stop: StopRequest = field(default_factory=StopRequest)
     watch: DivergenceWatch = field(init=False)
     checked_step: int = field(init=False)  # the last step whose parameters were checked
@@ -271,7 +301,9 @@ class _Run:
         :raises TrainingInterrupted: on a stop request, after saving the epoch's cursor.
         """
         spe = self.schedule.steps_per_epoch
-        cursor = state.cursor or EpochCursor.start(self.schedule.n, self.train.device)
+        cursor = state.cursor or EpochCursor.start(
+            self.schedule.n, self.train.device, self.cfg.seed, state.epoch
+        )
         state.cursor = None
         bar = tqdm(
             total=spe,
@@ -281,22 +313,24 @@ class _Run:
             leave=True,
             dynamic_ncols=True,
         )
-        epoch = _Epoch(cursor, bar, time.perf_counter() - cursor.seconds)
+        shard = self.schedule.shard_of(cursor.perm)  # this rank's datapoints
+        epoch = _Epoch(cursor, shard, bar, time.perf_counter() - cursor.seconds)
         window_loss, window_n = torch.zeros((), device=self.train.device), 0
         for i in range(cursor.batch, spe):
-            if self.stop.requested:
-                self._interrupt(state, epoch, i)
-            x, inputs = self._batch(cursor.perm, i)  # (B, *event_shape), each (B, ...)
+            signum = self._stop_signal()
+            if signum:
+                self._interrupt(state, epoch, i, signum)
+            x, inputs = self._batch(shard, i)  # (B, *event_shape), each (B, ...)
             loss = self._step(state, epoch, x, inputs)
             if state.step == 1:  # the untrained model's loss: the divergence check's baseline
-                self.watch.diverged(loss.item())
+                self.watch.diverged(self._rank_mean(loss.clone()))
             cursor.loss_sum += loss * x.shape[0]
             window_loss += loss
             window_n += 1
             bar.update()
             if state.step % self.cfg.log_every == 0 or i == spe - 1:
                 self._check(state, epoch)
-                mean_loss = (window_loss / window_n).item()  # per datapoint
+                mean_loss = self._rank_mean(window_loss / window_n)  # per datapoint
                 self._check_divergence(state, epoch, mean_loss, "training loss")
                 if not self.cfg.quiet:
                     bar.set_postfix(elbo=f"{-mean_loss:.2f}")
@@ -306,7 +340,8 @@ class _Run:
 
     def end_epoch(self, state: TrainState, epoch: _Epoch) -> None:
         """The epoch's metrics (training ELBO, held-out ELBO, time), then its checkpoints."""
-        train_elbo = -(epoch.cursor.loss_sum / self.schedule.n).item()
+        loss_sum = self.world.sum_(epoch.cursor.loss_sum.clone())  # over the ranks
+        train_elbo = -(loss_sum / self.schedule.datapoints_per_epoch).item()
         test_elbo = math.nan
         if self.test is not None:
             test_elbo = self._test_elbo(state, epoch)
@@ -334,10 +369,7 @@ class _Run:
         validation refuses (a distribution parameter made invalid by the update), stops the
         run naming the step, before any checkpoint is written."""
         try:
-            test_elbo = evaluate_elbo(
-                self.model, self.test, self.preprocess, inputs=self.test_inputs,
-                estimator=self.held_out,
-            )  # fmt: skip
+            test_elbo = self._sharded_test_elbo()
         except ValueError as e:
             if not invalid_distribution_argument(e):
                 raise
@@ -356,10 +388,32 @@ class _Run:
                 self._diverged(state, epoch, -test_elbo, watch.best, "held-out loss")
         return test_elbo
 
-    def _batch(self, perm: torch.Tensor, batch: int) -> tuple[torch.Tensor, tuple]:
-        """Batch ``batch`` of the epoch with permutation ``perm``, as the model sees it, and
+    def _sharded_test_elbo(self) -> float:
+        """The held-out ELBO per datapoint, each rank scoring its share of the test data."""
+        start, stop = self.world.shard(len(self.test))
+        total = torch.zeros((), dtype=torch.float64, device=self.test.device)
+        if stop > start:
+            part = evaluate_elbo(
+                self.model, self.test[start:stop], self.preprocess,
+                inputs=tuple(t[start:stop] for t in self.test_inputs), estimator=self.held_out,
+            )  # fmt: skip
+            total += part * (stop - start)
+        return (self.world.sum_(total) / len(self.test)).item()
+
+    def _rank_mean(self, loss: torch.Tensor) -> float:
+        """A per-datapoint loss averaged over the ranks (each trains on as many datapoints):
+        what every rank's checks read, so they decide alike."""
+        return (self.world.sum_(loss) / self.world.size).item()
+
+    def _stop_signal(self) -> int:
+        """The stop signal asked for on any rank (0: none): every rank stops at this step."""
+        signum = self.stop.signum or 0
+        return self.world.max_int(signum) if self.world.active else signum
+
+    def _batch(self, shard: torch.Tensor, batch: int) -> tuple[torch.Tensor, tuple]:
+        """Batch ``batch`` of this rank's ``shard`` of the epoch, as the model sees it, and
         its extra inputs."""
-        idx = self.schedule.indices(perm, batch)
+        idx = self.schedule.indices(shard, batch)
         return self.preprocess(self.train[idx]), tuple(t[idx] for t in self.train_inputs)
 
     def _step(self, state: TrainState, epoch: _Epoch, x: torch.Tensor, inputs) -> torch.Tensor:
@@ -386,7 +440,7 @@ class _Run:
         """Stop with :class:`NonFiniteLossError` if the guard saw a bad step (one host sync)."""
 
         def batch_of(bad_step: int) -> tuple[torch.Tensor, ...]:
-            x, inputs = self._batch(epoch.cursor.perm, self.schedule.batch_of_step(bad_step))
+            x, inputs = self._batch(epoch.shard, self.schedule.batch_of_step(bad_step))
             return (x, *inputs)
 
         try:
@@ -432,11 +486,11 @@ class _Run:
             term="diverged",
         )
 
-    def _interrupt(self, state: TrainState, epoch: _Epoch, batch: int) -> None:
+    def _interrupt(self, state: TrainState, epoch: _Epoch, batch: int, signum: int) -> None:
         """Save the epoch's cursor at ``batch`` (after the guard's check) and stop."""
         epoch.bar.close()
         self._check(state, epoch)
         epoch.cursor.batch = batch
         epoch.cursor.seconds = time.perf_counter() - epoch.started
         self.checkpoints.save("checkpoint.pt", state, epoch.cursor)
-        raise TrainingInterrupted(state.step, self.checkpoints.run_dir, self.stop.signum)
+        raise TrainingInterrupted(state.step, self.checkpoints.run_dir, signum)

@@ -10,6 +10,7 @@ term of a bad step by tracing it once more with validation on.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 import torch
 from pyro import poutine
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from pyro_vae.config import TrainConfig
+from pyro_vae.distributed import World
 from pyro_vae.infer import CapturedLoss, make_estimator
 from pyro_vae.models import latent_sites, observed_sites
 from pyro_vae.train.schedules import BurdaLR
@@ -73,19 +76,28 @@ class TrainStep:
     fused Adam update that the guard can skip on the device. ``benchmarks/bench_train.py``
     times exactly this object.
 
+    With several ranks (``world``), the loss runs inside
+    :class:`~torch.nn.parallel.DistributedDataParallel`, whose backward averages every
+    gradient over the ranks (the recorded graph replays inside it: its parameters are the
+    module's, so DDP's gradient hooks fire as in an eager step), and the guard's verdict is
+    the ranks' maximum, so every rank skips the same updates and keeps the same parameters.
+
     :ivar optimizer: the one torch optimizer over ``model.parameters()``.
     :ivar guard: the :class:`NonFiniteGuard`; call ``guard.check`` to read it.
     :ivar loss: the :class:`~pyro_vae.infer.CapturedLoss`; ``loss.mode`` says how it runs.
     """
 
-    def __init__(self, model, cfg: TrainConfig, device: torch.device):
+    def __init__(self, model, cfg: TrainConfig, device: torch.device, world: World = World()):
         self.model = model
         self.grad_clip = cfg.grad_clip
         estimator = make_estimator(cfg.estimator, cfg.particles, alpha=cfg.alpha)
         self.loss = CapturedLoss(model, estimator, cfg.capture)
+        self._forward: nn.Module = _StepLoss(self.loss)
+        if world.active:
+            self._forward = data_parallel(self._forward, device)
         self.optimizer = make_optimizer(model, cfg)
         self._params = list(model.parameters())  # the optimizer's, in its order
-        self.guard = NonFiniteGuard(device)
+        self.guard = NonFiniteGuard(device, world)
 
     def __call__(
         self, x: torch.Tensor, step: int, *inputs: torch.Tensor, capture: bool = True
@@ -96,7 +108,7 @@ class TrainStep:
         :param capture: ``False`` runs the Pyro program itself (e.g. while beta changes every
             step during warm-up, where a recorded graph would be used once).
         """
-        loss = (self.loss(x, *inputs) if capture else self.loss.eager(x, *inputs)) / x.shape[0]
+        loss = self._forward(x, *inputs, capture=capture) / x.shape[0]
         detached = loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -112,6 +124,37 @@ class TrainStep:
         return detached
 
 
+class _StepLoss(nn.Module):
+    """``forward(x, *inputs, capture)``: the estimator's loss of the model on ``x``, replayed
+    (:class:`~pyro_vae.infer.CapturedLoss`) or, with ``capture=False``, the Pyro program
+    itself; a module owning the model's parameters, for
+    :class:`~torch.nn.parallel.DistributedDataParallel` to wrap."""
+
+    def __init__(self, loss: CapturedLoss):
+        super().__init__()
+        self.vae = loss.vae  # the parameters DDP averages
+        self._loss = [loss]  # not a submodule: the parameters are registered once, above
+
+    def forward(self, x: torch.Tensor, *inputs: torch.Tensor, capture: bool = True):
+        loss = self._loss[0]
+        return loss(x, *inputs) if capture else loss.eager(x, *inputs)
+
+
+def data_parallel(module: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """``module`` in :class:`~torch.nn.parallel.DistributedDataParallel` on ``device``.
+
+    DDP broadcasts rank 0's parameters and buffers once, here; per step it averages the
+    gradients only. Buffers are not re-broadcast each forward: a model whose buffers change
+    during training (batch-norm statistics) runs its program eagerly (see
+    :class:`~pyro_vae.infer.CapturedLoss`) and every rank updates its own.
+    """
+    options = {"device_ids": [device.index] if device.type == "cuda" else None}
+    accepted = inspect.signature(DistributedDataParallel).parameters
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in accepted else "broadcast_buffers"
+    options[no_sync] = False
+    return DistributedDataParallel(module, **options)
+
+
 class NonFiniteGuard:
     """Watches the loss and the gradient for NaN/inf on the device, with no host sync per step.
 
@@ -123,10 +166,15 @@ class NonFiniteGuard:
     parameter), the model still holds the parameters of the last good step, and
     :func:`diagnose_non_finite` traces that step's batch (rebuilt from the epoch's
     permutation by ``batch_of``) with them to name the term that failed.
+
+    With several ranks, a step is bad when it is bad on any rank (one all-reduce of a flag
+    on the device): every rank skips the same updates, and :meth:`check` stops every rank at
+    the same step.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, world: World = World()):
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.world = world
 
     def observe(self, loss: torch.Tensor, grad_check: torch.Tensor, step: int) -> torch.Tensor:
         """Record step ``step`` (1-based); return ``found_inf`` for the optimizer.
@@ -134,6 +182,8 @@ class NonFiniteGuard:
         :param grad_check: a scalar that is finite iff every gradient is (a sum or a norm).
         """
         bad = ~torch.isfinite(loss + grad_check)
+        if self.world.active:
+            bad = self.world.max_(bad.to(torch.float32)) > 0
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
         return (self.first_bad >= 0).to(torch.float32)
 
@@ -161,6 +211,11 @@ class NonFiniteGuard:
             bad = step
             what = "Pyro's validation refused a distribution parameter"
         term, detail = diagnose_non_finite(model, *batch_of(bad))
+        if self.world.active:  # each rank traced its own batch: the first that names a term
+            found = self.world.gather_objects((term, detail))
+            rank = next((r for r, (t, _) in enumerate(found) if t is not None), 0)
+            term, detail = found[rank]
+            detail = f"{detail} (rank {rank}'s batch)"
         epoch = epoch_of(bad)
         raise NonFiniteLossError(
             f"{what} at step {bad} (epoch {epoch}): {detail}. Training stopped; {kept}. "
