@@ -15,21 +15,44 @@ round times every case for ``--steps`` steps, in a rotating order), so a slow pa
 machine hits every case alike; the ratio to the floor is taken within each round and its
 median reported with the interquartile range.
 
-Then the time of a full epoch of :func:`pyro_vae.train.fit` over a 60,000 x 784 tensor (MNIST
-size: the t10k images tiled six times) at batch 128, for ``--epoch-epochs`` epochs, with the
-peak resident set size (and CUDA memory allocated) per epoch, which must not grow.
+**Epochs** (``--epoch-rounds``): a whole epoch over a 60,000 x 784 uint8 tensor on the device
+(MNIST size: the t10k images tiled six times) at each batch size, batch preparation and
+optimizer included. pyro-vae's epoch is :func:`pyro_vae.train.fit` with its defaults (the
+second epoch of a two-epoch run, so the recording of the graph on the first batch is not in
+it; the first epoch's extra seconds and the set-up before it are reported on their own). The
+floor is a hand-written eager epoch: a random permutation on the device, each batch gathered
+from the device tensor and binarized with ``torch.bernoulli(x / 255)``, the hand-written step,
+the loss summed on the device and read once at the end. A second hand-written epoch prepares
+its batches with pyro-vae's :class:`~pyro_vae.data.Preprocess` instead, which tells the part of
+the ratio the preparation makes from the part the step makes. Rounds alternate the order.
 
-Besides its table, it prints one line per measured case::
+**Models** (``--models``): for each built-in model (:data:`pyro_vae.models.MODELS`), its
+:class:`~pyro_vae.train.TrainStep` with the recorded graph against the same step running the
+model's own Pyro program every step (``capture="off"``), interleaved as above.
+
+Then the time of a full epoch of :func:`pyro_vae.train.fit` over the same tensor at batch 128,
+for ``--epoch-epochs`` epochs, with the peak resident set size (and CUDA memory allocated) per
+epoch, which must not grow.
+
+Besides its tables, it prints one machine-readable line per measured case::
 
     ratio <device> batch=<B> <estimator> <median ratio to the floor>
+    epoch-ratio <device> batch=<B> <estimator> <median ratio to the hand-written epoch>
+    epoch-ratio-same-prep <device> batch=<B> <estimator> <median ratio, pyro-vae's preparation>
+    model-ratio <device> batch=<B> <model> <median ratio of the graph to the Pyro program>
+    setup <device> batch=<B> <case> <seconds of the first step: recording, compilation>
 
-(the estimator gets a ``+<capture mode>`` suffix for modes other than the first).
+(the estimator gets a ``+<capture mode>`` suffix for modes other than the first). A
+``--capture compile`` case reports its compilation in the ``setup`` line; torch keeps compiled
+code in its cache (``TORCHINDUCTOR_CACHE_DIR``, by default under the system's temporary
+folder), so a second run of the same shapes loads it instead of compiling again.
 
 Examples::
 
     .venv/bin/python benchmarks/bench_train.py                        # cpu (and cuda if present)
     .venv/bin/python benchmarks/bench_train.py --estimators meanfield --capture graph off compile
     .venv/bin/python benchmarks/bench_train.py --rounds 3 --steps 10 --epoch-epochs 0   # quick
+    .venv/bin/python benchmarks/bench_train.py --rounds 0 --models --epoch-epochs 0  # epochs only
 """
 
 from __future__ import annotations
@@ -41,6 +64,8 @@ import platform
 import statistics
 import sys
 import time
+import warnings
+from collections.abc import Callable
 
 import pyro
 import torch
@@ -50,7 +75,8 @@ from memory import MNIST_T10K, RSSSampler, peak_rss_mb
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Preprocess, load_data
 from pyro_vae.infer.capture import CAPTURE_MODES
-from pyro_vae.models import VAE, build_vae
+from pyro_vae.models import MODELS, VAE, ModelConfig, build_model, build_vae
+from pyro_vae.models.config import LabelInfo
 from pyro_vae.train import TrainStep, fit
 
 PARTICLES = {"meanfield": 1, "elbo": 1, "stl": 1, "iwae": 5, "renyi": 5, "dreg": 5}
@@ -111,7 +137,7 @@ def time_steps(args, device: torch.device, images: torch.Tensor) -> list[dict]:
     pre = Preprocess("dynamic")
     data = images.to(device)
     rows = []
-    for batch in args.batch_sizes:
+    for batch in args.batch_sizes if args.rounds > 0 else ():
         torch.manual_seed(0)
         cases: dict[str, object] = {}
         base = build_vae((784,), "bernoulli", args.latent_dim, tuple(args.hidden)).to(device)
@@ -155,9 +181,11 @@ def time_steps(args, device: torch.device, images: torch.Tensor) -> list[dict]:
         names = list(cases)
         memory = {}
         with pyro.validation_enabled(True):  # as fit() runs
+            setup = {}
             for name in names:  # warm-up: first calls record (and compile) the graphs
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
+                setup[name] = run(cases[name], batches(1))
                 run(cases[name], batches(args.warmup))
                 if device.type == "cuda":
                     memory[name] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -187,6 +215,7 @@ def time_steps(args, device: torch.device, images: torch.Tensor) -> list[dict]:
                 "ratio_iqr": None,
                 "mode": "gather + dynamic binarization, not in the steps",
                 "cuda_max_allocated_mb": None,
+                "setup_s": None,
             }
         )
         for n in names:
@@ -204,9 +233,170 @@ def time_steps(args, device: torch.device, images: torch.Tensor) -> list[dict]:
                     "ratio_iqr": r3 - r1,
                     "mode": getattr(getattr(step, "loss", None), "mode", "hand-written"),
                     "cuda_max_allocated_mb": memory.get(n),
+                    "setup_s": setup[n],
                 }
             )
         del cases
+    return rows
+
+
+def _bernoulli_levels(x: torch.Tensor) -> torch.Tensor:
+    """The hand-written loop's dynamic binarization: ``torch.bernoulli`` of ``k / 255``."""
+    return torch.bernoulli(x.to(torch.float32) / 255.0)
+
+
+def hand_written_epoch(
+    floor: HandWrittenVAE, data: torch.Tensor, batch: int, prepare: Callable
+) -> float:
+    """Seconds of one hand-written eager epoch over ``data`` (uint8, on the device): a random
+    permutation there, each batch gathered, prepared and stepped, the loss summed on the
+    device and read once at the end."""
+    device = data.device
+    _sync(device)
+    start = time.perf_counter()
+    perm = torch.randperm(len(data), device=device)
+    total = torch.zeros((), device=device)
+    for i in range(0, len(data), batch):
+        x = prepare(data[perm[i : i + batch]])  # (B, 784) in {0, 1}
+        total += floor(x, i // batch + 1) * x.shape[0]
+    float(total)  # the epoch's loss, read back as a training loop would
+    return time.perf_counter() - start
+
+
+def fit_epoch(base: VAE, data: torch.Tensor, batch: int, args) -> tuple[float, float, float]:
+    """pyro-vae's default training of a copy of ``base`` for two epochs: the second epoch's
+    seconds, the first epoch's extra seconds (recording the graph) and the set-up before it."""
+    vae = copy.deepcopy(base)
+    cfg = TrainConfig(epochs=2, batch_size=batch, lr=args.lr, device=data.device.type, quiet=True)
+    _sync(data.device)
+    start = time.perf_counter()
+    result = fit(vae, data, None, cfg, preprocess=Preprocess("dynamic"))
+    _sync(data.device)
+    wall = time.perf_counter() - start
+    first, second = (row["seconds"] for row in result.metrics)
+    return second, first - second, wall - first - second
+
+
+def race_epochs(args, device: torch.device, images: torch.Tensor) -> list[dict]:
+    """Interleaved epochs of ``fit`` and of the hand-written loop at each batch size."""
+    data = images.to(device)
+    estimator = TrainConfig().estimator
+    rows = []
+    for batch in args.batch_sizes:
+        torch.manual_seed(0)
+        base = build_vae((784,), "bernoulli", args.latent_dim, tuple(args.hidden)).to(device)
+        floors = {
+            "torch.bernoulli": (HandWrittenVAE(base, args.lr), _bernoulli_levels),
+            "Preprocess": (HandWrittenVAE(base, args.lr), Preprocess("dynamic")),
+        }
+        for floor, prepare in floors.values():  # warm-up: allocator, threads, Adam state
+            hand_written_epoch(floor, data[: 8 * batch], batch, prepare)
+        seconds: dict[str, list[float]] = {"fit": [], **{n: [] for n in floors}}
+        extra, setup = [], []
+        with pyro.validation_enabled(True):
+            for r in range(args.epoch_rounds):
+                cases = ["fit", *floors]
+                for name in cases[r % 2 :] + cases[: r % 2]:  # alternate who goes first
+                    if name == "fit":
+                        s, e, u = fit_epoch(base, data, batch, args)
+                        seconds["fit"].append(s)
+                        extra.append(e)
+                        setup.append(u)
+                    else:
+                        floor, prepare = floors[name]
+                        seconds[name].append(hand_written_epoch(floor, data, batch, prepare))
+        ratios = {n: [f / h for f, h in zip(seconds["fit"], seconds[n])] for n in floors}
+        rows.append(
+            {
+                "device": device.type,
+                "batch": batch,
+                "estimator": estimator,
+                "images": len(data),
+                "fit_s": statistics.median(seconds["fit"]),
+                "first_epoch_extra_s": statistics.median(extra),
+                "setup_s": statistics.median(setup),
+                "hand_written_s": statistics.median(seconds["torch.bernoulli"]),
+                "hand_written_same_prep_s": statistics.median(seconds["Preprocess"]),
+                "ratio": statistics.median(ratios["torch.bernoulli"]),
+                "ratio_iqr": _iqr(ratios["torch.bernoulli"]),
+                "ratio_same_prep": statistics.median(ratios["Preprocess"]),
+                "ratio_same_prep_iqr": _iqr(ratios["Preprocess"]),
+            }
+        )
+    return rows
+
+
+def _iqr(values: list[float]) -> float:
+    q1, _, q3 = _quartiles(values)
+    return q3 - q1
+
+
+def _model(name: str, args) -> tuple[object, tuple[torch.Tensor, ...]]:
+    """A built-in model for 784 binary pixels, and its extra inputs for 10,000 datapoints."""
+    labels = LabelInfo((), "int64", 10) if name == "cvae" else None
+    cfg = ModelConfig(model=name, latent_dim=args.latent_dim, hidden=tuple(args.hidden))
+    model = build_model(cfg, (784,), labels=labels)
+    inputs = tuple(
+        torch.randint(0, 10, (10_000,), generator=torch.Generator().manual_seed(1))
+        for _ in getattr(model, "inputs", ())
+    )
+    return model, inputs
+
+
+def time_models(args, device: torch.device, images: torch.Tensor) -> list[dict]:
+    """Each built-in model's recorded step against its own Pyro program, at each batch size."""
+    pre = Preprocess("dynamic")
+    data = images.to(device)
+    rows = []
+    for name in args.models:
+        for batch in args.batch_sizes:
+            torch.manual_seed(0)
+            model, inputs = _model(name, args)
+            model.to(device)
+            inputs = tuple(t.to(device) for t in inputs)
+            steps = {}
+            for mode in ("graph", "off"):
+                cfg = TrainConfig(batch_size=batch, lr=args.lr, device=device.type, capture=mode)
+                steps[mode] = TrainStep(copy.deepcopy(model), cfg, device)
+            perm = torch.randperm(len(data), device=device)
+
+            def batch_of(i: int, perm=perm, batch=batch, inputs=inputs) -> tuple[torch.Tensor, ...]:
+                idx = perm[(i * batch) % (len(data) - batch) :][:batch]
+                return (pre(data[idx]), *(t[idx] for t in inputs))
+
+            def run(step, xs) -> float:
+                _sync(device)
+                start = time.perf_counter()
+                for i, (x, *ins) in enumerate(xs):
+                    step(x, i + 1, *ins)
+                _sync(device)
+                return (time.perf_counter() - start) / len(xs)
+
+            with pyro.validation_enabled(True), warnings.catch_warnings():
+                # TraceMeanField_ELBO's note on site order (two-layer); the loss is the same
+                warnings.filterwarnings("ignore", "Failed to verify mean field", UserWarning)
+                for step in steps.values():
+                    run(step, [batch_of(i) for i in range(args.warmup)])
+                ratios, ms = [], {m: [] for m in steps}
+                for r in range(args.model_rounds):
+                    xs = [batch_of(r * args.steps + i) for i in range(args.steps)]
+                    order = list(steps) if r % 2 == 0 else list(steps)[::-1]
+                    this = {m: run(steps[m], xs) for m in order}
+                    for m in steps:
+                        ms[m].append(this[m] * 1e3)
+                    ratios.append(this["graph"] / this["off"])
+            rows.append(
+                {
+                    "device": device.type,
+                    "batch": batch,
+                    "model": name,
+                    "graph_ms": statistics.median(ms["graph"]),
+                    "pyro_program_ms": statistics.median(ms["off"]),
+                    "ratio": statistics.median(ratios),
+                    "ratio_iqr": _iqr(ratios),
+                    "mode": steps["graph"].loss.mode,
+                }
+            )
     return rows
 
 
@@ -249,6 +439,37 @@ def time_epochs(args, device: torch.device, images: torch.Tensor) -> dict:
     }
 
 
+def _print_race(race: list[dict]) -> None:
+    print(
+        f"{'device':6} {'batch':>5} {'fit s':>6} {'torch.bernoulli s':>17} {'ratio':>6} "
+        f"{'IQR':>6} {'same-prep s':>11} {'ratio':>6} {'IQR':>6} {'1st epoch +s':>12} "
+        f"{'set-up s':>8}"
+    )
+    for r in race:
+        print(
+            f"{r['device']:6} {r['batch']:5d} {r['fit_s']:6.3f} "
+            f"{r['hand_written_s']:17.3f} {r['ratio']:6.3f} "
+            f"{r['ratio_iqr']:6.3f} {r['hand_written_same_prep_s']:11.3f} "
+            f"{r['ratio_same_prep']:6.3f} {r['ratio_same_prep_iqr']:6.3f} "
+            f"{r['first_epoch_extra_s']:12.3f} {r['setup_s']:8.3f}"
+        )
+    for r in race:
+        where = f"{r['device']} batch={r['batch']} {r['estimator']}"
+        print(f"epoch-ratio {where} {r['ratio']:.3f}")
+        print(f"epoch-ratio-same-prep {where} {r['ratio_same_prep']:.3f}")
+
+
+def _print_models(models: list[dict]) -> None:
+    print(f"{'device':6} {'batch':>5} {'model':10} {'graph ms':>8} {'Pyro ms':>8} {'ratio':>6} IQR")
+    for r in models:
+        print(
+            f"{r['device']:6} {r['batch']:5d} {r['model']:10} {r['graph_ms']:8.3f} "
+            f"{r['pyro_program_ms']:8.3f} {r['ratio']:6.3f} {r['ratio_iqr']:.3f}  {r['mode']}"
+        )
+    for r in models:
+        print(f"model-ratio {r['device']} batch={r['batch']} {r['model']} {r['ratio']:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -283,7 +504,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, nargs="+", default=[400])
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument(
-        "--epoch-epochs", type=int, default=3, help="epochs of fit() over 60,000 x 784 (0: skip)"
+        "--epoch-rounds",
+        type=int,
+        default=3,
+        help="rounds of the epoch race, fit against the hand-written epoch (0: skip)",
+    )
+    p.add_argument(
+        "--models",
+        nargs="*",
+        default=MODELS.names(),
+        choices=MODELS.names(),
+        help="built-in models to time against their own Pyro program (none: skip)",
+    )
+    p.add_argument("--model-rounds", type=int, default=7, help="rounds per model")
+    p.add_argument(
+        "--epoch-epochs",
+        type=int,
+        default=3,
+        help="epochs of fit() over 60,000 x 784 with its memory (0: skip)",
     )
     p.add_argument("--epoch-images", type=int, default=60_000)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -300,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} threads; MLP 784-{'-'.join(map(str, args.hidden))}-"
         f"{args.latent_dim}; {args.rounds} rounds x {args.steps} steps per case"
     )
-    results = {"steps": [], "epochs": []}
+    results = {"steps": [], "epoch_race": [], "models": [], "epochs": []}
     for name in devices:
         device = torch.device(name)
         if device.type == "cuda":
@@ -325,6 +563,17 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             if r["ratio"] is not None and r["case"] != "hand-written":
                 print(f"ratio {r['device']} batch={r['batch']} {r['case']} {r['ratio']:.3f}")
+        for r in rows:
+            if r["setup_s"] is not None:
+                print(f"setup {r['device']} batch={r['batch']} {r['case']} {r['setup_s']:.3f}")
+        if args.epoch_rounds > 0:
+            race = race_epochs(args, device, images[: args.epoch_images])
+            results["epoch_race"] += race
+            _print_race(race)
+        if args.models:
+            models = time_models(args, device, images[:10_000])
+            results["models"] += models
+            _print_models(models)
         if args.epoch_epochs > 0:
             e = time_epochs(args, device, images[: args.epoch_images])
             results["epochs"].append(e)

@@ -11,9 +11,9 @@ import torch
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Preprocess, load_data
-from pyro_vae.infer.capture import CapturedLoss
+from pyro_vae.infer.capture import CapturedLoss, compile_options
 from pyro_vae.infer.estimators import DReGELBO, make_estimator
-from pyro_vae.models import build_vae
+from pyro_vae.models import MODELS, build_vae
 from pyro_vae.train import TrainStep, fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,6 +181,18 @@ def test_compiled_graph_matches_the_program():
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
+def test_cuda_graph_mode_asks_inductor_for_cuda_graphs_by_names_it_knows():
+    # CUDA graphs run only on a GPU; here: the options are ones this torch's inductor has
+    from torch._inductor import config
+
+    assert compile_options("compile") == {"fallback_random": True}
+    options = compile_options("cudagraph")
+    assert options == {"fallback_random": True, "triton.cudagraphs": True}
+    for name in options:
+        section, _, leaf = name.rpartition(".")
+        assert hasattr(getattr(config, section) if section else config, leaf), name
+
+
 def test_bench_train_prints_a_ratio_line_per_case(tmp_path):
     out = tmp_path / "bench.json"
     res = subprocess.run(
@@ -204,6 +216,10 @@ def test_bench_train_prints_a_ratio_line_per_case(tmp_path):
             "2",
             "--epoch-images",
             "256",
+            "--epoch-rounds",
+            "1",
+            "--model-rounds",
+            "1",
             "--data",
             str(tmp_path / "absent"),
             "--json",
@@ -219,6 +235,14 @@ def test_bench_train_prints_a_ratio_line_per_case(tmp_path):
         ("cpu", f"batch={b}", e) for b in (16, 32) for e in ("meanfield", "elbo", "iwae", "dreg")
     ]
     assert all(0 < float(ln[4]) < 100 for ln in lines)
+    epochs = [ln.split()[:4] for ln in res.stdout.splitlines() if ln.startswith("epoch-ratio")]
+    assert epochs == [
+        [line, "cpu", f"batch={b}", "meanfield"]
+        for b in (16, 32)
+        for line in ("epoch-ratio", "epoch-ratio-same-prep")
+    ]
+    models = {tuple(ln.split()[1:4]) for ln in res.stdout.splitlines() if ln.startswith("model-")}
+    assert models == {("cpu", f"batch={b}", m) for b in (16, 32) for m in MODELS.names()}
     assert "epoch cpu 256x784 batch=128 meanfield: seconds" in res.stdout
     assert "peak RSS MB per epoch" in res.stdout
 

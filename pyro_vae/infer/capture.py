@@ -46,7 +46,9 @@ from torch.nn.modules import module as module_globals
 from pyro_vae.registry import Registry
 
 #: how the training step runs the estimator's loss
-CAPTURE_MODES: Registry[None] = Registry.of("capture mode", ("graph", "compile", "off"))
+CAPTURE_MODES: Registry[None] = Registry.of(
+    "capture mode", ("graph", "compile", "off", "cudagraph")
+)
 
 _MAKE_FX_OPTIONS = {"pre_dispatch": True, "_error_on_data_dependent_ops": True}
 
@@ -270,8 +272,10 @@ class CapturedLoss:
     :param mode: ``"graph"`` (record and replay), ``"compile"`` (record, then
         :func:`torch.compile` the graph of the first batch shape seen, the training batch
         size; its first call compiles, tens of seconds on a small CPU; other shapes, such as
-        an epoch's last smaller batch, replay their plain graph) or ``"off"`` (run the Pyro
-        program every call).
+        an epoch's last smaller batch, replay their plain graph), ``"cudagraph"`` (as
+        ``"compile"``, and on CUDA the compiled forward and backward are replayed as CUDA
+        graphs, torch's ``reduce-overhead`` mode: one launch per pass instead of one per
+        kernel; on CPU it is ``"compile"``) or ``"off"`` (run the Pyro program every call).
 
     Graphs are kept per shape, dtype and device of the batch and its extra inputs (labels),
     KL weight and train/eval mode; the parameters and buffers are inputs of the graph, so
@@ -313,7 +317,8 @@ class CapturedLoss:
 
     @property
     def mode(self) -> str:
-        """``"graph"``, ``"compile"``, or ``"eager: <why>"`` for the last call."""
+        """``"graph"``, ``"compile"``, ``"cudagraph"``, or ``"eager: <why>"`` for the last
+        call."""
         return self.requested if self._why_eager is None else f"eager: {self._why_eager}"
 
     def __call__(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
@@ -393,10 +398,9 @@ class CapturedLoss:
             return self._refuse(
                 f"the recorded graph disagrees with the Pyro program ({problem})", buffers
             )
-        if self.requested == "compile" and not self._compiled:
+        if self.requested in ("compile", "cudagraph") and not self._compiled:
             self._compiled = True  # one compilation: the shape trained on every step
-            # aten's own random numbers: the same draws as the Pyro program and the graph
-            return torch.compile(graph, dynamic=False, options={"fallback_random": True})
+            return torch.compile(graph, dynamic=False, options=compile_options(self.requested))
         return graph
 
     def _refuse(self, why: str, buffers: list[torch.Tensor]) -> None:
@@ -435,6 +439,15 @@ class CapturedLoss:
             if (u is None) != (v is None) or (u is not None and not _close(u, v)):
                 return f"gradient of {name}"
         return None
+
+
+def compile_options(mode: str) -> dict:
+    """Inductor's options for a capture mode: aten's own random numbers (the same draws as the
+    Pyro program and the graph), and for ``"cudagraph"`` CUDA graphs (ignored off CUDA)."""
+    options = {"fallback_random": True}
+    if mode == "cudagraph":
+        options["triton.cudagraphs"] = True  # what mode="reduce-overhead" sets
+    return options
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
