@@ -171,13 +171,31 @@ def _collective(collective, *args, **kwargs):
     with what to do, not a C++ traceback."""
     try:
         return collective(*args, **kwargs)
-    except (RuntimeError, dist.DistError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise PeerError(
-            f"lost contact with another rank ({first}): a rank failed, was killed or stopped "
-            f"answering; its output says why. The last checkpoint is kept: resume with the same "
-            f"number of processes"
-        ) from e
+    except RuntimeError as e:  # dist.DistError and the backends' own errors
+        raise lost_contact(e) from e
+
+
+#: words of the process group's errors (gloo, nccl, the store) when a peer is gone
+_PEER_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "store")
+
+
+def from_process_group(error: BaseException) -> bool:
+    """Whether ``error``, raised where DDP communicates (a backward), comes from the process
+    group: another rank died, or a collective timed out."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(word in text for word in _PEER_WORDS)
+
+
+def lost_contact(error: BaseException) -> PeerError:
+    """The :class:`PeerError` that says what ``error`` (from the process group) means."""
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    return PeerError(
+        f"lost contact with another rank ({first}): a rank failed, was killed or stopped "
+        f"answering; its output says why. The last checkpoint is kept: resume with the same "
+        f"number of processes"
+    )
 
 
 def current(timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
@@ -237,8 +255,13 @@ def init_from_env(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) ->
 
 
 def shutdown() -> None:
-    """Leave the process group (at the end of a command)."""
+    """Leave the process group (at the end of a command), all ranks together: a rank that
+    tears its group down while another still talks to it aborts in gloo's threads."""
     if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        except RuntimeError:  # a rank is gone already: nothing to wait for
+            pass
         dist.destroy_process_group()
 
 

@@ -235,7 +235,9 @@ def _train_run(args: argparse.Namespace, cfg: RunConfig, world: World) -> int:
             _say(str(e))  # "interrupted by ... at step s; resume with ..."
         return 128 + e.signum
     except KeyboardInterrupt as e:  # before the loop, or a second signal during a write
-        return _interrupted("train", e, out if world.is_main else None)
+        if not world.is_main:  # rank 0 says it
+            return 128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT)
+        return _interrupted("train", e, out)
     except (NonFiniteLossError, CheckpointError, OSError, ImportError, ValueError,
             PeerError) as e:  # fmt: skip
         if world.is_main or not _shared(world, e):

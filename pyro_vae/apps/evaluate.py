@@ -96,6 +96,9 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, **settin
     :param config: the settings (:class:`EvalConfig`); or give them as keywords
         (``iw_samples=5000, seed=0, ...``). The same seed gives the same numbers whatever the
         batch size and memory budget.
+
+    Under an initialized process group (``torchrun``), every rank calls it; the datapoints are
+    sharded across the ranks, rank 0 writes and returns the summary, the others ``{}``.
     """
     cfg = dataclasses.replace(config or EvalConfig(), **settings)
     world = current()

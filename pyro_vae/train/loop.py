@@ -172,7 +172,7 @@ def fit(
     ``out`` and shows progress.
     """
     cfg = config
-    world = current()
+    world = current(cfg.dist_timeout)
     if not world.is_main:  # rank 0 shows progress and writes TensorBoard events
         cfg = dataclasses.replace(cfg, quiet=True, tensorboard=False)
         pyro.set_rng_seed(rank_seed(cfg.seed, world.rank))  # independent draws per rank

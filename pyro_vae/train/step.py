@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pyro_vae.config import TrainConfig
-from pyro_vae.distributed import World
+from pyro_vae.distributed import World, from_process_group, lost_contact
 from pyro_vae.infer import CapturedLoss, make_estimator
 from pyro_vae.models import latent_sites, observed_sites
 from pyro_vae.train.schedules import BurdaLR
@@ -92,12 +92,13 @@ class TrainStep:
         self.grad_clip = cfg.grad_clip
         estimator = make_estimator(cfg.estimator, cfg.particles, alpha=cfg.alpha)
         self.loss = CapturedLoss(model, estimator, cfg.capture)
-        self._forward: nn.Module = _StepLoss(self.loss)
+        self._forward: nn.Module = _StepLoss(self.loss, collective=world.active)
         if world.active:
             self._forward = data_parallel(self._forward, device)
         self.optimizer = make_optimizer(model, cfg)
         self._params = list(model.parameters())  # the optimizer's, in its order
         self.guard = NonFiniteGuard(device, world)
+        self.world = world
 
     def __call__(
         self, x: torch.Tensor, step: int, *inputs: torch.Tensor, capture: bool = True
@@ -111,7 +112,12 @@ class TrainStep:
         loss = self._forward(x, *inputs, capture=capture) / x.shape[0]
         detached = loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            loss.backward()  # with several ranks, DDP averages the gradients here
+        except RuntimeError as e:
+            if not (self.world.active and from_process_group(e)):
+                raise
+            raise lost_contact(e) from e
         if self.grad_clip is not None:
             grad_check = torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip)
         else:  # finite iff every gradient is (barring overflow); half the cost of a norm
@@ -128,16 +134,29 @@ class _StepLoss(nn.Module):
     """``forward(x, *inputs, capture)``: the estimator's loss of the model on ``x``, replayed
     (:class:`~pyro_vae.infer.CapturedLoss`) or, with ``capture=False``, the Pyro program
     itself; a module owning the model's parameters, for
-    :class:`~torch.nn.parallel.DistributedDataParallel` to wrap."""
+    :class:`~torch.nn.parallel.DistributedDataParallel` to wrap.
 
-    def __init__(self, loss: CapturedLoss):
+
+    With ``collective=True`` (several ranks) a distribution parameter that Pyro's validation
+    refuses on this rank's batch gives a NaN loss through every parameter instead of the
+    error: the other ranks are waiting to average gradients with this one, and the
+    :class:`NonFiniteGuard` then stops every rank at this step, naming the term.
+    """
+
+    def __init__(self, loss: CapturedLoss, collective: bool = False):
         super().__init__()
         self.vae = loss.vae  # the parameters DDP averages
         self._loss = [loss]  # not a submodule: the parameters are registered once, above
+        self.collective = collective
 
     def forward(self, x: torch.Tensor, *inputs: torch.Tensor, capture: bool = True):
         loss = self._loss[0]
-        return loss(x, *inputs) if capture else loss.eager(x, *inputs)
+        try:
+            return loss(x, *inputs) if capture else loss.eager(x, *inputs)
+        except ValueError as e:
+            if not (self.collective and invalid_distribution_argument(e)):
+                raise
+            return sum(p.sum() for p in self.vae.parameters()) * math.nan
 
 
 def data_parallel(module: nn.Module, device: torch.device) -> DistributedDataParallel:
