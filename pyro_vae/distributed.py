@@ -17,10 +17,8 @@ handing rank 0's objects (a checkpoint, a run directory name) to the others.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,16 +127,14 @@ class World:
             raise PeerError(f"rank 0 failed: {message}")
         return result
 
-    @contextlib.contextmanager
-    def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block first (e.g. downloads a dataset), then the others."""
-        if not self.is_main:
-            self.barrier()
-        try:
-            yield
-        finally:
-            if self.is_main:
-                self.barrier()
+    def main_then_others(self, fn, *args, **kwargs) -> Any:
+        """``fn(*args, **kwargs)`` on rank 0 first (a download happens once, a refusal is
+        said once), then, if it succeeded, on the others; its result on every rank. A failure
+        on rank 0 becomes a :class:`PeerError` on the others (see :meth:`on_main`)."""
+        if not self.active:
+            return fn(*args, **kwargs)
+        result = self.on_main(fn, *args, **kwargs)
+        return result if self.is_main else fn(*args, **kwargs)
 
     # -------------------------------------------------------------------- sharding
 

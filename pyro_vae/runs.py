@@ -75,12 +75,11 @@ def run_training(
     :param out: the run directory (default ``runs/<time>-<dataset>-<likelihood>-<estimator>``).
 
     Under torchrun every rank calls it: rank 0 loads the data first (a download happens
-    once), then the others; rank 0 names the default run directory.
+    once, a refusal is said once), then the others; rank 0 names the default run directory.
     """
     pyro.set_rng_seed(cfg.train.seed)
     world = current()
-    with world.main_first():
-        split, pre, cfg = resolve_data(cfg)
+    split, pre, cfg = world.main_then_others(resolve_data, cfg)
     fingerprint = split.fingerprint()
     labels = LabelInfo.of(split.train_labels, split.test_labels)
     model = build_model(cfg.model, split.event_shape, labels=labels, beta=cfg.train.beta)

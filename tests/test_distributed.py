@@ -267,6 +267,19 @@ def test_a_rank_that_dies_makes_the_other_exit_with_one_line(tmp_path):
     assert safe_load(run / "checkpoint.pt")["step"] >= 5  # the last checkpoint is kept
 
 
+def test_a_refusal_before_training_is_said_once_by_rank_0(tmp_path):
+    """A refusal every rank would make alike (an estimator that does not apply, a missing run
+    directory) is rank 0's one line; the others stop without repeating it."""
+    data = _data(tmp_path)
+    train = finish(pyro_vae_ranks(2, *_args(data, "--model", "two-layer", "--estimator", "stl")))
+    assert [rc for rc, _, _ in train] == [1, 1]
+    assert "the stl estimator does not apply to this model" in train[0][2]
+    assert train[1][2].strip() == "" and len(train[0][2].strip().splitlines()) == 1
+    evaluate = finish(pyro_vae_ranks(2, "evaluate", tmp_path / "nowhere"))
+    assert [rc for rc, _, _ in evaluate] == [1, 1]
+    assert "nowhere is not a run directory" in evaluate[0][2] and evaluate[1][2].strip() == ""
+
+
 def test_distributed_evaluation_equals_a_single_process(tmp_path):
     data = _data(tmp_path)
     run = tmp_path / "run"

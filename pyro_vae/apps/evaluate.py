@@ -110,11 +110,10 @@ def _evaluate(run_dir: Path, cfg: EvalConfig, world: World) -> dict:
     dev = resolve_device(cfg.device)
     if dev.type == "cuda" and world.active:
         dev = torch.device("cuda", world.local_rank)
-    model, _ = load_run(run_dir, cfg.which, device=str(dev))
-    x_cpu, labels, label_names, run = evaluation_data(run_dir, cfg.split, cfg.seed)
-    inputs = tuple(t.to(dev) for t in inputs_for(model, labels))
-    x = x_cpu.to(dev)
-    check_data(model, x, _as_is, "evaluation", inputs)
+    # rank 0 first: a refusal (no best.pt, changed data, ...) is said once
+    model, x, labels, label_names, run, inputs = world.main_then_others(
+        _model_and_data, run_dir, cfg, dev
+    )
 
     start = time.perf_counter()
     imp, terms = _sharded_bounds(model, x, inputs, cfg, world)
@@ -154,6 +153,17 @@ def _evaluate(run_dir: Path, cfg: EvalConfig, world: World) -> dict:
     atomic_write_text(run_dir / "report.md", report.markdown(summary))
     atomic_write_text(run_dir / "report.html", report.html(summary))
     return summary
+
+
+def _model_and_data(run_dir: Path, cfg: EvalConfig, dev: torch.device):
+    """The run's model on ``dev`` and its split as the model sees it, checked against the
+    model's support: ``(model, x, labels, label_names, run config, inputs)``."""
+    model, _ = load_run(run_dir, cfg.which, device=str(dev))
+    x_cpu, labels, label_names, run = evaluation_data(run_dir, cfg.split, cfg.seed)
+    inputs = tuple(t.to(dev) for t in inputs_for(model, labels))
+    x = x_cpu.to(dev)
+    check_data(model, x, _as_is, "evaluation", inputs)
+    return model, x, labels, label_names, run, inputs
 
 
 def _as_is(x: torch.Tensor) -> torch.Tensor:

@@ -185,7 +185,10 @@ def fit(
         test, test_inputs = None, ()
     else:
         test, test_inputs = test.to(device), tuple(t.to(device) for t in test_inputs)
-    held_out, how = _preflight(model, cfg, preprocess, train, train_inputs, test, test_inputs)
+    # rank 0 first: a refusal is said once, and the other ranks (same data) then pass
+    held_out, how = world.main_then_others(
+        _preflight, model, cfg, preprocess, train, train_inputs, test, test_inputs
+    )
     pictured = (test, test_inputs) if test is not None else (train, train_inputs)
 
     schedule = Schedule.of(len(train), cfg, world)
