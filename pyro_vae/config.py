@@ -140,7 +140,8 @@ class TrainConfig:
     capture: str = setting(
         "graph",
         "graph: record the Pyro loss once per batch shape and replay it; compile: also "
-        "torch.compile it (slow first step, faster after); off: run the Pyro program every step",
+        "torch.compile it (slow first step, faster after); cudagraph: compile, and replay it as "
+        "CUDA graphs on a GPU (compile elsewhere); off: run the Pyro program every step",
         choices=CAPTURE_MODES,
     )
 
