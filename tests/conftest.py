@@ -3,6 +3,7 @@ every subprocess a test starts, uses one intra-op thread."""
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,10 @@ from pyro_vae.apps import cli
 # (the command line, the experiment scripts) inherit the setting.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+# A shell that starts the suite in the background without job control ignores SIGINT, and an
+# ignored signal stays ignored in every subprocess: the Ctrl-C tests need its usual handling.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: The real MNIST test split, beside the checkout (never committed); tests skip without it.
 MNIST_T10K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
