@@ -104,6 +104,7 @@ class World:
         return box[0]
 
     def barrier(self) -> None:
+        """Wait until every rank is here."""
         if self.active:
             _collective(dist.barrier, group=self.cpu_group)
 
@@ -114,26 +115,42 @@ class World:
         will never join."""
         if not self.active:
             return fn(*args, **kwargs)
+        return self.each(fn, *args, only=self.is_main, **kwargs)
+
+    def each(self, fn, *args, only: bool = True, **kwargs) -> Any:
+        """``fn(*args, **kwargs)`` on every rank where ``only`` is true (every rank calls
+        this); the result there, ``None`` elsewhere. If it raised on any rank (a stop signal
+        too), the ranks hear it before going on: a rank where it raised re-raises its own
+        exception, the others a :class:`PeerError` naming the first rank that failed, so no
+        rank waits for a collective a failed one will never join."""
+        if not self.active:
+            return fn(*args, **kwargs) if only else None
         result, error = None, None
-        if self.is_main:
+        if only:
             try:
                 result = fn(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 (re-raised below, once the others know)
+            except BaseException as e:  # noqa: BLE001 (re-raised below, once the others know)
                 error = e
-        message = self.broadcast_object(None if error is None else str(error))
+        failures = self.gather_objects(None if error is None else str(error))
         if error is not None:
             raise error
-        if message is not None:
-            raise PeerError(f"rank 0 failed: {message}")
+        failed = next((r for r, m in enumerate(failures) if m is not None), None)
+        if failed is not None:
+            raise PeerError(f"rank {failed} failed: {failures[failed]}")
         return result
 
     def main_then_others(self, fn, *args, **kwargs) -> Any:
-        """``fn(*args, **kwargs)`` on rank 0 first (a download happens once, a refusal is
-        said once), then, if it succeeded, on the others; its result on every rank. A failure
-        on rank 0 becomes a :class:`PeerError` on the others (see :meth:`on_main`)."""
+        """``fn(*args, **kwargs)`` on rank 0 first (a refusal is said once), then on the first
+        process of every other machine (a download happens once per machine), then on the
+        rest; its result on every rank. A failure in the first two rounds stops every rank
+        (see :meth:`each`)."""
         if not self.active:
             return fn(*args, **kwargs)
         result = self.on_main(fn, *args, **kwargs)
+        leader = self.local_rank == 0 and not self.is_main  # another machine's first
+        led = self.each(fn, *args, only=leader, **kwargs)
+        if leader:
+            return led
         return result if self.is_main else fn(*args, **kwargs)
 
     # -------------------------------------------------------------------- sharding
@@ -171,8 +188,8 @@ def _collective(collective, *args, **kwargs):
         raise lost_contact(e) from e
 
 
-#: words of the process group's errors (gloo, nccl, the store) when a peer is gone
-_PEER_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "store")
+#: words of the process group's errors (gloo's, nccl's, the store's) when a peer is gone
+_PEER_WORDS = ("gloo", "nccl", "connection closed", "connection reset", "broken pipe", "timed out")
 
 
 def from_process_group(error: BaseException) -> bool:
@@ -198,7 +215,9 @@ def current(timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     """The :class:`World` of the initialized default process group, or a single process.
 
     Every rank must call it at the same point (with ``nccl`` it creates the ``gloo`` group for
-    host-side flags, a collective); :func:`~pyro_vae.train.fit` calls it once per run.
+    host-side flags, a collective): :func:`~pyro_vae.train.fit`, ``run_training`` and
+    ``evaluate_run`` call it when they are not given a world; the command line makes one with
+    :func:`init_from_env` and passes it on.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return World()
@@ -250,14 +269,19 @@ def init_from_env(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) ->
     return current(timeout_s)
 
 
-def shutdown() -> None:
-    """Leave the process group (at the end of a command), all ranks together: a rank that
-    tears its group down while another still talks to it aborts in gloo's threads."""
+def shutdown(together: bool = True) -> None:
+    """Leave the process group at the end of a command.
+
+    :param together: after a success, every rank leaves at once (a rank that tears its group
+        down while another still talks to it can abort in gloo's threads); after an error,
+        at once: the others then see the connection close instead of waiting in a barrier.
+    """
     if dist.is_available() and dist.is_initialized():
-        try:
-            dist.barrier()
-        except RuntimeError:  # a rank is gone already: nothing to wait for
-            pass
+        if together:
+            try:
+                dist.barrier()
+            except RuntimeError:  # a rank is gone already: nothing to wait for
+                pass
         dist.destroy_process_group()
 
 

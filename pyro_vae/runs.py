@@ -18,7 +18,7 @@ import torch
 
 from pyro_vae.config import DataConfig, RunConfig
 from pyro_vae.data import DataSplit, Preprocess, canonical_source, load_data
-from pyro_vae.distributed import current
+from pyro_vae.distributed import World, current
 from pyro_vae.models import LabelInfo, build_model, inputs_of
 from pyro_vae.registry import Registry
 from pyro_vae.train import CheckpointError, TrainResult, fit, load_checkpoint, rundir
@@ -66,19 +66,20 @@ def model_inputs(model, split: DataSplit) -> tuple[tuple, tuple]:
 
 
 def run_training(
-    cfg: RunConfig, out: str | Path | None = None, resume: bool = False
+    cfg: RunConfig, out: str | Path | None = None, resume: bool = False, world: World | None = None
 ) -> TrainResult:
     """Load data, build the model and :func:`~pyro_vae.train.fit` it: ``pyro-vae train``.
 
     The model's extra inputs (a conditional model's labels) come from the data.
 
     :param out: the run directory (default ``runs/<time>-<dataset>-<likelihood>-<estimator>``).
+    :param world: the processes of the run (default: :func:`~pyro_vae.distributed.current`).
 
     Under torchrun every rank calls it: rank 0 loads the data first (a download happens
     once, a refusal is said once), then the others; rank 0 names the default run directory.
     """
     pyro.set_rng_seed(cfg.train.seed)
-    world = current()
+    world = world or current(cfg.train.dist_timeout)
     split, pre, cfg = world.main_then_others(resolve_data, cfg)
     fingerprint = split.fingerprint()
     labels = LabelInfo.of(split.train_labels, split.test_labels)
@@ -100,7 +101,7 @@ def run_training(
     }
     return fit(
         model, split.train, split.test, cfg.train, preprocess=pre, out=out, run_config=full,
-        resume=resume, train_inputs=train_inputs, test_inputs=test_inputs,
+        resume=resume, train_inputs=train_inputs, test_inputs=test_inputs, world=world,
     )  # fmt: skip
 
 

@@ -2,10 +2,11 @@
 runtimes and a closed terminal send).
 
 During training they are read between two steps (:class:`StopRequest`), so a checkpoint is
-never taken in the middle of an optimizer update; elsewhere (imports, data loading) they raise
-:class:`Interrupted` (:func:`raise_on_stop_signals`), so a command stops with one line and exit
-status ``128 + signum``. This module imports nothing heavy: the command's entry point installs
-it before the seconds of importing torch.
+never taken in the middle of an optimizer update; during the command's imports they are
+recorded the same way, and stop it once the imports are done; elsewhere (the data loading)
+they raise :class:`Interrupted` (:func:`raise_on_stop_signals`). Either way a command stops
+with one line and exit status ``128 + signum``. This module imports nothing heavy: the
+command's entry point installs it before the seconds of importing torch.
 """
 
 from __future__ import annotations

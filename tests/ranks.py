@@ -18,13 +18,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_ranks(n: int, argv: list, cwd: Path | None = None) -> list[subprocess.Popen]:
-    """``python ARGV`` as ranks ``0 .. n-1`` of one process group on this machine."""
+def start_ranks(
+    n: int, argv: list, cwd: Path | None = None, env: dict | None = None
+) -> list[subprocess.Popen]:
+    """``python ARGV`` as ranks ``0 .. n-1`` of one process group on this machine (``env``:
+    more environment variables)."""
     port = free_port()
     procs = []
+    extra = env or {}
     for rank in range(n):
         env = {
             **ONE_THREAD,
+            **extra,
             "RANK": str(rank),
             "LOCAL_RANK": str(rank),
             "WORLD_SIZE": str(n),
@@ -59,9 +64,11 @@ def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[in
     return results
 
 
-def pyro_vae_ranks(n: int, *args, cwd: Path | None = None) -> list[subprocess.Popen]:
+def pyro_vae_ranks(
+    n: int, *args, cwd: Path | None = None, env: dict | None = None
+) -> list[subprocess.Popen]:
     """``pyro-vae ARGS`` as ``n`` ranks (``python -m pyro_vae``, as torchrun's ``-m`` runs it)."""
-    return start_ranks(n, ["-m", "pyro_vae", *args], cwd=cwd)
+    return start_ranks(n, ["-m", "pyro_vae", *args], cwd=cwd, env=env)
 
 
 def torchrun(n: int, *args, cwd: Path | None = None, timeout: float = 300):

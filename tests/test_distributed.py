@@ -143,8 +143,9 @@ def _data(tmp_path: Path) -> Path:
 
 
 def _args(data: Path, *extra) -> list:
-    """``train`` on 132 datapoints: 66 per rank, 5 steps of 16 per epoch (the last of 2)."""
-    return ["train", "--dataset", data, "--test-size", 36, "--batch-size", 16,
+    """``train`` on 133 datapoints: 67 per rank (one repeated), 5 steps of 16 per epoch (the
+    last of 3); 35 test datapoints, 18 and 17 per rank."""
+    return ["train", "--dataset", data, "--test-size", 35, "--batch-size", 16,
             "--latent-dim", 2, "--hidden", 8, "--quiet", *extra]  # fmt: skip
 
 
@@ -160,7 +161,7 @@ def test_torchrun_trains_one_run_directory_written_by_rank_0(tmp_path):
     assert config["world_size"] == 2
     ckpt = safe_load(run / "checkpoint.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2
-    assert ckpt["step"] == 2 * 5  # 132 datapoints, 66 per rank, batch 16
+    assert ckpt["step"] == 2 * 5  # 133 datapoints, 67 per rank, batch 16
     assert not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])
 
 
@@ -168,7 +169,7 @@ def test_sigterm_on_one_rank_stops_both_at_one_step_and_resume_is_bit_identical(
     data = _data(tmp_path)
     args = _args(data, "--epochs", 6, "--log-every", 1)
     whole = finish(pyro_vae_ranks(2, *args, "--out", tmp_path / "whole"))
-    assert [rc for rc, _, _ in whole] == [0, 0], whole[0][2]
+    assert [rc for rc, _, _ in whole] == [0, 0], whole[0][2] + whole[1][2]
 
     run = tmp_path / "cut"
     procs = pyro_vae_ranks(2, *args, "--out", run)
@@ -237,6 +238,61 @@ class NanOnRank1(LatentModel):
 def build(event_shape, config, *, labels=None, beta=1.0):
     return NanOnRank1(event_shape, config, beta)
 '''
+
+
+STOP_ON_RANK_1 = NAN_ON_RANK_1.replace(
+    "params = params * math.nan",
+    'os.kill(os.getpid(), signal.SIGTERM) if os.environ.get("STOP_AT") == str(self.batches) '
+    "else None",
+).replace("import math\n", "import math\nimport os\nimport signal\n")
+
+
+def test_a_stop_mid_epoch_resumes_every_rank_bit_identically(tmp_path):
+    """Rank 1 receives SIGTERM during its 7th full batch, step 8 (epoch 2, batch 3 of 5):
+    both ranks stop before step 9, one mid-epoch checkpoint holds the epoch's cursor, the sum
+    of both ranks' losses and each rank's RNG state, and the resumed run ends as the run never
+    stopped."""
+    (tmp_path / "stopmodel.py").write_text(STOP_ON_RANK_1)
+    data = _data(tmp_path)
+    args = _args(data, "--epochs", 4, "--capture", "off", "--model", "stopmodel.py:build")
+    whole = finish(pyro_vae_ranks(2, *args, "--out", tmp_path / "whole", cwd=tmp_path))
+    assert [rc for rc, _, _ in whole] == [0, 0], whole[0][2]
+    run = tmp_path / "cut"
+    cut = finish(pyro_vae_ranks(2, *args, "--out", run, cwd=tmp_path, env={"STOP_AT": "7"}))
+    assert [rc for rc, _, _ in cut] == [143, 143], cut[0][2] + cut[1][2]
+    ckpt = safe_load(run / "checkpoint.pt")
+    assert (ckpt["step"], ckpt["epoch"], ckpt["batch"]) == (8, 1, 3)
+    assert ckpt["perm"] is not None and len(ckpt["rng_ranks"]) == 2
+    resumed = finish(pyro_vae_ranks(2, "train", "--resume", run, "--quiet", cwd=tmp_path))
+    assert [rc for rc, _, _ in resumed] == [0, 0], resumed[0][2]
+    a, b = safe_load(run / "checkpoint.pt"), safe_load(tmp_path / "whole" / "checkpoint.pt")
+    assert all(torch.equal(a["model"][k], t) for k, t in b["model"].items())
+    timeless = [
+        [{k: v for k, v in r.items() if k != "seconds"} for r in c["metrics"]] for c in (a, b)
+    ]
+    assert timeless[0] == timeless[1]  # the training ELBO of epoch 2 from the saved loss sum
+
+
+GUIDE_NAN_ON_RANK_1_TEST_SHARE = NAN_ON_RANK_1.replace(
+    "        loc, scale = self.encoder(x)\n",
+    "        loc, scale = self.encoder(x)\n"
+    "        if len(x) == 17 and torch_dist.get_rank() == 1:  # rank 1's share of the test set\n"
+    "            scale = scale * math.nan\n",
+)
+
+
+def test_a_held_out_refusal_on_one_rank_stops_both_at_once_with_its_reason(tmp_path):
+    """Pyro's validation refuses rank 1's share of the held-out ELBO only: rank 0 says why for
+    both, at once (not after --dist-timeout)."""
+    (tmp_path / "testnan.py").write_text(GUIDE_NAN_ON_RANK_1_TEST_SHARE)
+    data = _data(tmp_path)
+    args = _args(data, "--epochs", 2, "--model", "testnan.py:build", "--dist-timeout", 120,
+                 "--out", tmp_path / "run")  # fmt: skip
+    start = time.monotonic()
+    (rc0, _, err0), (rc1, _, err1) = finish(pyro_vae_ranks(2, *args, cwd=tmp_path))
+    assert (rc0, rc1) == (1, 1) and time.monotonic() - start < 60
+    assert "the held-out ELBO after step 5 (epoch 1) could not be computed" in err0, err0
+    assert "Expected parameter scale" in err0 and err1.strip() == ""
 
 
 def test_a_non_finite_loss_on_one_rank_stops_both_at_the_same_step(tmp_path):

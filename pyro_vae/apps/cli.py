@@ -20,6 +20,8 @@ Another rank's own error names the rank. A rank that lost contact with the other
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -40,7 +42,7 @@ from pyro_vae.config import (
     from_flat,
     given,
 )
-from pyro_vae.distributed import PeerError, World, init_from_env, shutdown
+from pyro_vae.distributed import PeerError, World, init_from_env
 from pyro_vae.eval.plots import save_grid
 from pyro_vae.eval.report import text_table
 from pyro_vae.models import (
@@ -182,7 +184,7 @@ def _shared(world: World, error: BaseException) -> bool:
     """Whether every rank stopped on ``error`` together, so rank 0's line says it all."""
     together = (TrainingInterrupted, NonFiniteLossError)
     return isinstance(error, together) or (
-        isinstance(error, PeerError) and str(error).startswith("rank 0 failed")
+        isinstance(error, PeerError) and str(error).startswith("rank ")  # "rank r failed: ..."
     )
 
 
@@ -217,10 +219,26 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         world = init_from_env(cfg.train.device, cfg.train.dist_timeout)
     except (ValueError, PeerError) as e:
         return _fail("train", str(e))
-    try:
-        return _train_run(args, cfg, world)
-    finally:
-        shutdown()
+    return _leave(world, _train_run(args, cfg, world))
+
+
+def _leave(world: World, status: int) -> int:
+    """``status``, after leaving the process group: after a success every rank leaves at once,
+    after an error at once (the others then see the connection close instead of waiting).
+
+    With several processes this one then exits at once (``os._exit``, its output flushed and
+    every file it wrote already closed): torch's process-group threads can abort the
+    interpreter's normal teardown ("terminate called without an active exception") and turn
+    the status into SIGABRT's.
+    """
+    if not world.active:
+        return status
+    if status == 0:
+        world.barrier()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
 
 
 def _train_run(args: argparse.Namespace, cfg: RunConfig, world: World) -> int:
@@ -229,7 +247,7 @@ def _train_run(args: argparse.Namespace, cfg: RunConfig, world: World) -> int:
         out = world.broadcast_object(Path(args.resume or args.out or default_run_dir(
             cfg.data.dataset, cfg.model.likelihood, cfg.train.estimator
         )))  # fmt: skip
-        result = run_training(cfg, out=out, resume=bool(args.resume))
+        result = run_training(cfg, out=out, resume=bool(args.resume), world=world)
     except TrainingInterrupted as e:  # a stop signal, read between two steps: saved
         if world.is_main:
             _say(str(e))  # "interrupted by ... at step s; resume with ..."
@@ -289,14 +307,20 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         world = init_from_env(cfg.device, cfg.dist_timeout)
     except (ValueError, PeerError) as e:
         return _fail("evaluate", str(e))
+    return _leave(world, _evaluate_run(args, cfg, world))
+
+
+def _evaluate_run(args: argparse.Namespace, cfg: EvalConfig, world: World) -> int:
     try:
-        summary = evaluate_run(args.run_dir, cfg)
+        summary = evaluate_run(args.run_dir, cfg, world=world)
     except (ValueError, OSError, ImportError, CheckpointError, PeerError) as e:
         if world.is_main or not _shared(world, e):
             _fail("evaluate", str(e), world=world)
         return 1
-    finally:
-        shutdown()
+    except KeyboardInterrupt as e:
+        if not world.is_main:  # rank 0 says it
+            return 128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT)
+        return _interrupted("evaluate", e)
     if not world.is_main:
         return 0
     print(text_table(summary))

@@ -86,7 +86,9 @@ class EvalConfig:
         at_least("dist_timeout", self.dist_timeout, 0, strict=True)
 
 
-def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, **settings) -> dict:
+def evaluate_run(
+    run_dir: str | Path, config: EvalConfig | None = None, world: World | None = None, **settings
+) -> dict:
     """Evaluate a run directory: ``pyro-vae evaluate``.
 
     Loads ``<which>.pt``, prepares the split as in training, and writes ``summary.json`` (the
@@ -97,11 +99,12 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, **settin
         (``iw_samples=5000, seed=0, ...``). The same seed gives the same numbers whatever the
         batch size and memory budget.
 
-    Under an initialized process group (``torchrun``), every rank calls it; the datapoints are
-    sharded across the ranks, rank 0 writes and returns the summary, the others ``{}``.
+    Under an initialized process group (``torchrun``, or ``world``), every rank calls it; the
+    datapoints are sharded across the ranks, rank 0 writes and returns the summary, the others
+    ``{}``.
     """
     cfg = dataclasses.replace(config or EvalConfig(), **settings)
-    world = current()
+    world = world or current(cfg.dist_timeout)
     with visiting(run_dir) if world.is_main else contextlib.nullcontext():
         return _evaluate(Path(run_dir), cfg, world)
 
@@ -187,8 +190,12 @@ def _sharded_bounds(
         "seed": cfg.seed, "quiet": cfg.quiet or not world.is_main, "data_offset": start,
         "inputs": tuple(t[start:stop] for t in inputs), **budget,
     }  # fmt: skip
-    imp = importance_log_px(model, x[start:stop], cfg.iw_samples, **common)
-    terms = elbo_terms(model, x[start:stop], cfg.elbo_particles, **common)
+    imp, terms = world.each(
+        lambda: (
+            importance_log_px(model, x[start:stop], cfg.iw_samples, **common),
+            elbo_terms(model, x[start:stop], cfg.elbo_particles, **common),
+        )
+    )  # a failure on one rank stops the others too
     if not world.active:
         return imp, terms
     n = len(x)

@@ -93,13 +93,22 @@ def _last_line(error: BaseException) -> str:
     return lines[0].split(". ")[0][:200] if lines else type(error).__name__
 
 
-def rng_state() -> dict:
-    """Every global RNG state (torch CPU and CUDA, numpy, python), as plain tensors and lists."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """Every global RNG state (torch CPU and CUDA, numpy, python), as plain tensors and lists.
+
+    :param device: a CUDA device: its generator's state only (a rank of a distributed run
+        keeps its own device's, and touching the other GPUs would open a context on each);
+        ``None``: every visible GPU's.
+    """
     np_state = np.random.get_state()
     py_state = random.getstate()
+    if device is not None and device.type == "cuda":
+        cuda = [torch.cuda.get_rng_state(device)]
+    else:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": cuda,
         "numpy": {
             "keys": torch.from_numpy(np_state[1].astype(np.int64)),
             "pos": int(np_state[2]),
@@ -110,12 +119,15 @@ def rng_state() -> dict:
     }
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` captured."""
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` captured (with ``device``: that device's state only)."""
     # RNG states are CPU byte tensors, wherever map_location put the checkpoint
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        if device is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"][0].cpu(), device)
+        else:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     n = state["numpy"]
     np.random.set_state(
         (
@@ -240,6 +252,9 @@ def check_training_state(
     _check_optimizer_state(saved["optimizer"], module, optimizer, path)
     _check_rng_state(saved["rng"], path)
     ranks = saved.get("rng_ranks")
+    if ranks is None and saved.get("world_size", 1) > 1:
+        raise _damaged(path, f"it is from a run of {saved['world_size']} processes but holds "
+                             f"one process's RNG states")  # fmt: skip
     if ranks is not None:
         if len(ranks) != saved.get("world_size", 1):
             raise _damaged(path, f"it holds {len(ranks)} ranks' RNG states for a run of "
@@ -431,6 +446,11 @@ class Checkpointer:
         #: a resumed run that had no checkpoint yet: it starts from step 0, as a new run
         self.fresh = not resume
 
+    @property
+    def _device(self) -> torch.device:
+        """Where the module's parameters are: a distributed rank's own device."""
+        return next(self.module.parameters()).device
+
     def close(self) -> None:
         """Release the run directory's lock."""
         if self._lock is not None:
@@ -479,7 +499,10 @@ class Checkpointer:
                 )
             self.scheduler.load_state_dict(saved["scheduler"])
         ranks = saved.get("rng_ranks")
-        set_rng_state(ranks[self.world.rank] if ranks and self.world.active else saved["rng"])
+        if ranks and self.world.active:
+            set_rng_state(ranks[self.world.rank], self._device)
+        else:
+            set_rng_state(saved["rng"])
         epoch = saved["epoch"]
         if "metrics" in saved:
             metrics = list(saved["metrics"])
@@ -541,7 +564,8 @@ class Checkpointer:
                 step=state.step,
                 term="update",
             )
-        rngs = self.world.gather_objects(rng_state())  # every rank's, rank 0's first
+        # every rank's, rank 0's first (a rank's own GPU only)
+        rngs = self.world.gather_objects(rng_state(self._device if self.world.active else None))
         saved = {
             "format": CHECKPOINT_FORMAT,
             "model": self.module.state_dict(),

@@ -131,6 +131,7 @@ def fit(
     resume: bool = False,
     train_inputs: Sequence[torch.Tensor] = (),
     test_inputs: Sequence[torch.Tensor] = (),
+    world: World | None = None,
 ) -> TrainResult:
     """Train ``model`` (any model of :mod:`pyro_vae.models.protocol`) on ``train`` and evaluate
     the held-out ELBO on ``test`` every epoch.
@@ -152,6 +153,8 @@ def fit(
     :param train_inputs: the model's extra inputs (``model.inputs``, e.g. the labels), each
         ``(N, ...)``: indexed with the same permutation as ``train``.
     :param test_inputs: the same for ``test``.
+    :param world: the processes of the run (default: :func:`~pyro_vae.distributed.current`,
+        the initialized process group or one process).
     :raises NonFiniteLossError: if the loss becomes NaN or infinite; names the step and term,
         and keeps the last checkpoint.
     :raises TrainingInterrupted: on Ctrl-C (SIGINT), SIGTERM or SIGHUP, read between two
@@ -172,11 +175,12 @@ def fit(
     ``out`` and shows progress.
     """
     cfg = config
-    world = current(cfg.dist_timeout)
+    world = world or current(cfg.dist_timeout)
     if not world.is_main:  # rank 0 shows progress and writes TensorBoard events
         cfg = dataclasses.replace(cfg, quiet=True, tensorboard=False)
         pyro.set_rng_seed(rank_seed(cfg.seed, world.rank))  # independent draws per rank
-    board = TensorBoardLog.start(cfg, out)  # --tensorboard: refuses before anything is written
+    # --tensorboard refuses before anything is written (on rank 0; the others then stop too)
+    board = world.main_then_others(TensorBoardLog.start, cfg, out)
     check_beta(cfg.estimator, cfg.beta, warmup=cfg.warmup_epochs > 0)
     device = _device(cfg.device, world)
     model.to(device)
@@ -369,39 +373,50 @@ class _Run:
 
     def _test_elbo(self, state: TrainState, epoch: _Epoch) -> float:
         """The held-out ELBO per datapoint; a test ELBO that diverged, or that Pyro's
-        validation refuses (a distribution parameter made invalid by the update), stops the
-        run naming the step, before any checkpoint is written."""
-        try:
-            test_elbo = self._sharded_test_elbo()
-        except ValueError as e:
-            if not invalid_distribution_argument(e):
-                raise
+        validation refuses on any rank's share (a distribution parameter made invalid by the
+        update), stops every rank naming the step, before any checkpoint is written."""
+        test_elbo, refusal = self._sharded_test_elbo()
+        if refusal is not None:
             epoch.bar.close()
             raise NonFiniteLossError(
                 f"the held-out ELBO after step {state.step} (epoch {state.epoch + 1}) could not "
                 f"be computed: Pyro's validation refused a distribution parameter "
-                f"({constraint_text(e)}). Training stopped; {self.checkpoints.kept()}. Lower "
+                f"({refusal}). Training stopped; {self.checkpoints.kept()}. Lower "
                 f"--lr or add --grad-clip.",
                 step=state.step,
                 term=None,
-            ) from e
+            )
         if state.metrics and math.isfinite(state.best):
             watch = DivergenceWatch(self.cfg.divergence_factor, -state.best)
             if watch.diverged(-test_elbo):
                 self._diverged(state, epoch, -test_elbo, watch.best, "held-out loss")
         return test_elbo
 
-    def _sharded_test_elbo(self) -> float:
-        """The held-out ELBO per datapoint, each rank scoring its share of the test data."""
+    def _sharded_test_elbo(self) -> tuple[float, str | None]:
+        """The held-out ELBO per datapoint, each rank scoring its share of the test data, and
+        the first rank's refusal by Pyro's validation (``None``: none), the same on every
+        rank."""
+        total, refusal = self.world.each(self._share_of_test_elbo)
+        if self.world.active:
+            refusal = next((r for r in self.world.gather_objects(refusal) if r), None)
+        return (self.world.sum_(total) / len(self.test)).item(), refusal
+
+    def _share_of_test_elbo(self) -> tuple[torch.Tensor, str | None]:
+        """This rank's sum of the held-out ELBO over its share, and validation's refusal."""
         start, stop = self.world.shard(len(self.test))
         total = torch.zeros((), dtype=torch.float64, device=self.test.device)
-        if stop > start:
+        if stop == start:
+            return total, None
+        try:
             part = evaluate_elbo(
                 self.model, self.test[start:stop], self.preprocess,
                 inputs=tuple(t[start:stop] for t in self.test_inputs), estimator=self.held_out,
             )  # fmt: skip
-            total += part * (stop - start)
-        return (self.world.sum_(total) / len(self.test)).item()
+        except ValueError as e:
+            if not invalid_distribution_argument(e):
+                raise
+            return total, constraint_text(e)
+        return total + part * (stop - start), None
 
     def _rank_mean(self, loss: torch.Tensor) -> float:
         """A per-datapoint loss averaged over the ranks (each trains on as many datapoints):

@@ -229,7 +229,8 @@ class NonFiniteGuard:
         if bad < 0:
             bad = step
             what = "Pyro's validation refused a distribution parameter"
-        term, detail = diagnose_non_finite(model, *batch_of(bad))
+        # every rank traces (a failure there stops the others too, see World.each)
+        term, detail = self.world.each(lambda: diagnose_non_finite(model, *batch_of(bad)))
         if self.world.active:  # each rank traced its own batch: the first that names a term
             found = self.world.gather_objects((term, detail))
             rank = next((r for r, (t, _) in enumerate(found) if t is not None), 0)
