@@ -153,28 +153,28 @@ class World:
             return led
         return result if self.is_main else fn(*args, **kwargs)
 
-    # -------------------------------------------------------------------- sharding
+    # ---------------------------------------- contiguous blocks (evaluation, held-out data)
 
-    def shard(self, n: int) -> tuple[int, int]:
+    def block(self, n: int) -> tuple[int, int]:
         """``(start, stop)``: this rank's contiguous share of ``n`` items (sizes differ by at
         most one; a rank may get none when ``n < size``)."""
         base, extra = divmod(n, self.size)
         start = self.rank * base + min(self.rank, extra)
         return start, start + base + (self.rank < extra)
 
-    def gather_shards(self, part: torch.Tensor, n: int) -> torch.Tensor:
-        """The ``(n, ...)`` tensor whose rows :meth:`shard` split across the ranks, from this
+    def gather_blocks(self, part: torch.Tensor, n: int) -> torch.Tensor:
+        """The ``(n, ...)`` tensor whose rows :meth:`block` split across the ranks, from this
         rank's ``part`` (its rows), on every rank."""
         if not self.active:
             return part
-        width = -(-n // self.size)  # the largest shard
+        width = -(-n // self.size)  # the largest block
         # nccl gathers device tensors, gloo host tensors
         on = torch.device("cuda", torch.cuda.current_device()) if self.cpu_group else part.device
         padded = part.new_zeros((width, *part.shape[1:]), device=on)
         padded[: len(part)] = part
         pieces = [torch.empty_like(padded) for _ in range(self.size)]
         _collective(dist.all_gather, pieces, padded)
-        sizes = [World(r, self.size).shard(n) for r in range(self.size)]
+        sizes = [World(r, self.size).block(n) for r in range(self.size)]
         rows = [p[: stop - start] for p, (start, stop) in zip(pieces, sizes)]
         return torch.cat(rows).to(part.device)
 

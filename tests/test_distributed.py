@@ -63,8 +63,8 @@ def test_rank_0_draws_as_one_process_and_the_other_ranks_draw_apart():
 
 
 @pytest.mark.parametrize("n, size", [(10, 3), (2, 4), (9, 1)])
-def test_shards_are_contiguous_and_cover_every_datapoint_once(n, size):
-    spans = [World(r, size).shard(n) for r in range(size)]
+def test_blocks_are_contiguous_and_cover_every_datapoint_once(n, size):
+    spans = [World(r, size).block(n) for r in range(size)]
     assert spans[0][0] == 0 and spans[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
     assert max(b - a for a, b in spans) - min(b - a for a, b in spans) <= 1

@@ -177,14 +177,14 @@ def _sharded_bounds(
     model, x: torch.Tensor, inputs: tuple, cfg: EvalConfig, world: World
 ) -> tuple[ImportanceResult, ElboTerms]:
     """The importance-sampled log p(x) and the ELBO terms of every datapoint of ``x``, each
-    rank scoring its shard (:meth:`~pyro_vae.distributed.World.shard`, with its offset, so
+    rank scoring its block (:meth:`~pyro_vae.distributed.World.block`, with its offset, so
     it draws the particles one process would), gathered on every rank."""
     if len(x) < world.size:
         raise ValueError(
             f"{len(x)} datapoint(s) cannot be shared by {world.size} processes; evaluate with "
             f"at most {len(x)}"
         )
-    start, stop = world.shard(len(x))
+    start, stop = world.block(len(x))
     budget = {"memory_budget_mb": cfg.memory_budget_mb, "batch_size": cfg.batch_size}
     common = {
         "seed": cfg.seed, "quiet": cfg.quiet or not world.is_main, "data_offset": start,
@@ -201,15 +201,15 @@ def _sharded_bounds(
     n = len(x)
     imp = dataclasses.replace(
         imp,
-        log_px=world.gather_shards(imp.log_px, n),
-        ess=world.gather_shards(imp.ess, n),
+        log_px=world.gather_blocks(imp.log_px, n),
+        ess=world.gather_blocks(imp.ess, n),
         chunk_invariant=all(world.gather_objects(imp.chunk_invariant)),
     )
     terms = dataclasses.replace(
         terms,
-        recon=world.gather_shards(terms.recon, n),
-        kl_per_site={k: world.gather_shards(v, n) for k, v in terms.kl_per_site.items()},
-        kl_per_dim=world.gather_shards(terms.kl_per_dim, n),
+        recon=world.gather_blocks(terms.recon, n),
+        kl_per_site={k: world.gather_blocks(v, n) for k, v in terms.kl_per_site.items()},
+        kl_per_dim=world.gather_blocks(terms.kl_per_dim, n),
     )
     return imp, terms
 

@@ -403,7 +403,7 @@ class _Run:
 
     def _share_of_test_elbo(self) -> tuple[torch.Tensor, str | None]:
         """This rank's sum of the held-out ELBO over its share, and validation's refusal."""
-        start, stop = self.world.shard(len(self.test))
+        start, stop = self.world.block(len(self.test))
         total = torch.zeros((), dtype=torch.float64, device=self.test.device)
         if stop == start:
             return total, None
