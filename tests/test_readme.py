@@ -82,3 +82,24 @@ def test_write_your_own_model_runs_as_written(tmp_path, monkeypatch, capsys):
     assert '"z": "analytic"' in summary  # KL(Normal || Laplace) has a closed form
     assert "| dreg | 5 |" in (tmp_path / "runs" / "laplace-compare" / "comparison.md").read_text()
     capsys.readouterr()
+
+
+def test_several_gpus_commands_are_torchrun_of_valid_settings():
+    """Every command of the section is torchrun running ``-m pyro_vae`` with settings the
+    command line accepts."""
+    from pyro_vae.apps.cli import build_parser
+
+    parser = build_parser()
+    lines = [
+        line
+        for block in _commands("Several GPUs or machines")
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert len(lines) >= 4
+    for line in lines:
+        words = line.split()
+        assert "torchrun" in " ".join(words[:2]) and "--nproc-per-node" in words, line
+        argv = words[words.index("pyro_vae") + 1 :]
+        args = parser.parse_args(argv)
+        assert args.command in ("train", "evaluate"), line
