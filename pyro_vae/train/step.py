@@ -92,9 +92,9 @@ class TrainStep:
         self.grad_clip = cfg.grad_clip
         estimator = make_estimator(cfg.estimator, cfg.particles, alpha=cfg.alpha)
         self.loss = CapturedLoss(model, estimator, cfg.capture)
-        self._forward: nn.Module = _StepLoss(self.loss, collective=world.active)
-        if world.active:
-            self._forward = data_parallel(self._forward, device)
+        loss = _StepLoss(self.loss, collective=world.active)
+        # one process calls the loss as it is: no module machinery in the timed step
+        self._forward = data_parallel(loss, device) if world.active else loss.forward
         self.optimizer = make_optimizer(model, cfg)
         self._params = list(model.parameters())  # the optimizer's, in its order
         self.guard = NonFiniteGuard(device, world)
