@@ -174,11 +174,8 @@ def fit(
     reseeds its random stream with ``rank_seed(config.seed, r)``, and only rank 0 writes to
     ``out`` and shows progress.
     """
-    cfg = config
-    world = world or current(cfg.dist_timeout)
-    if not world.is_main:  # rank 0 shows progress and writes TensorBoard events
-        cfg = dataclasses.replace(cfg, quiet=True, tensorboard=False)
-        pyro.set_rng_seed(rank_seed(cfg.seed, world.rank))  # independent draws per rank
+    world = world or current(config.dist_timeout)
+    cfg = _for_rank(config, world)
     # --tensorboard refuses before anything is written (on rank 0; the others then stop too)
     board = world.main_then_others(TensorBoardLog.start, cfg, out)
     check_beta(cfg.estimator, cfg.beta, warmup=cfg.warmup_epochs > 0)
@@ -221,6 +218,16 @@ def fit(
                 preprocess=preprocess, inputs=inputs,
             )  # fmt: skip
     return TrainResult(model, checkpoints.run_dir, state.metrics, state.best, step.loss.mode, how)
+
+
+def _for_rank(cfg: TrainConfig, world: World) -> TrainConfig:
+    """The settings as this rank runs them: rank 0 shows progress and writes TensorBoard
+    events; a rank ``r > 0`` is quiet and reseeds its random stream with
+    ``rank_seed(seed, r)``, so the ranks draw independently."""
+    if world.is_main:
+        return cfg
+    pyro.set_rng_seed(rank_seed(cfg.seed, world.rank))
+    return dataclasses.replace(cfg, quiet=True, tensorboard=False)
 
 
 def _device(name: str, world: World) -> torch.device:
