@@ -38,7 +38,15 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"
 
 class PeerError(RuntimeError):
     """Another rank failed (its own output names why) or stopped answering; this rank stops
-    too, writing nothing."""
+    too, writing nothing.
+
+    :ivar failed_rank: the rank whose failure this is (it says why itself), or ``None``: the
+        other ranks stopped answering.
+    """
+
+    def __init__(self, message: str, failed_rank: int | None = None):
+        super().__init__(message)
+        self.failed_rank = failed_rank
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,7 @@ class World:
             raise error
         failed = next((r for r, m in enumerate(failures) if m is not None), None)
         if failed is not None:
-            raise PeerError(f"rank {failed} failed: {failures[failed]}")
+            raise PeerError(f"rank {failed} failed: {failures[failed]}", failed_rank=failed)
         return result
 
     def main_then_others(self, fn, *args, **kwargs) -> Any:
@@ -152,6 +160,13 @@ class World:
         if leader:
             return led
         return result if self.is_main else fn(*args, **kwargs)
+
+    def own(self, device: torch.device) -> torch.device:
+        """``device`` as this rank uses it: with several ranks on CUDA, its own
+        ``cuda:LOCAL_RANK``."""
+        if device.type == "cuda" and self.active:
+            return torch.device("cuda", self.local_rank)
+        return device
 
     # ---------------------------------------- contiguous blocks (evaluation, held-out data)
 
@@ -269,19 +284,15 @@ def init_from_env(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) ->
     return current(timeout_s)
 
 
-def shutdown(together: bool = True) -> None:
-    """Leave the process group at the end of a command.
-
-    :param together: after a success, every rank leaves at once (a rank that tears its group
-        down while another still talks to it can abort in gloo's threads); after an error,
-        at once: the others then see the connection close instead of waiting in a barrier.
-    """
+def shutdown() -> None:
+    """Leave the process group, every rank together (a rank that tears its group down while
+    another still talks to it can abort in gloo's threads). The command line leaves its own
+    way (see ``pyro_vae.apps.cli``); this is for programs that call :func:`fit` themselves."""
     if dist.is_available() and dist.is_initialized():
-        if together:
-            try:
-                dist.barrier()
-            except RuntimeError:  # a rank is gone already: nothing to wait for
-                pass
+        try:
+            dist.barrier()
+        except RuntimeError:  # a rank is gone already: nothing to wait for
+            pass
         dist.destroy_process_group()
 
 

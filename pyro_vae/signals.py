@@ -48,6 +48,12 @@ def raise_on_stop_signals() -> None:
             signal.signal(signum, _raise)
 
 
+def signal_of(error: KeyboardInterrupt) -> int:
+    """The stop signal behind ``error``: its own for :class:`Interrupted`, SIGINT for
+    Python's Ctrl-C."""
+    return error.signum if isinstance(error, Interrupted) else signal.SIGINT
+
+
 def _raise(signum, frame) -> None:
     raise Interrupted(signum)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -62,7 +61,7 @@ from pyro_vae.runs import (
     run_config,
     run_training,
 )
-from pyro_vae.signals import Interrupted, signal_name
+from pyro_vae.signals import signal_name, signal_of
 from pyro_vae.train import CheckpointError, NonFiniteLossError, TrainingInterrupted
 from pyro_vae.train.rundir import default_run_dir, visiting
 
@@ -184,7 +183,7 @@ def _shared(world: World, error: BaseException) -> bool:
     """Whether every rank stopped on ``error`` together, so rank 0's line says it all."""
     together = (TrainingInterrupted, NonFiniteLossError)
     return isinstance(error, together) or (
-        isinstance(error, PeerError) and str(error).startswith("rank ")  # "rank r failed: ..."
+        isinstance(error, PeerError) and error.failed_rank is not None  # it says why itself
     )
 
 
@@ -254,7 +253,7 @@ def _train_run(args: argparse.Namespace, cfg: RunConfig, world: World) -> int:
         return 128 + e.signum
     except KeyboardInterrupt as e:  # before the loop, or a second signal during a write
         if not world.is_main:  # rank 0 says it
-            return 128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT)
+            return 128 + signal_of(e)
         return _interrupted("train", e, out)
     except (NonFiniteLossError, CheckpointError, OSError, ImportError, ValueError,
             PeerError) as e:  # fmt: skip
@@ -277,7 +276,7 @@ def _train_run(args: argparse.Namespace, cfg: RunConfig, world: World) -> int:
 
 def _interrupted(command: str, error: KeyboardInterrupt, run_dir: Path | None = None) -> int:
     """The one line for a stop signal outside the training steps; ``128 + signum``."""
-    signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+    signum = signal_of(error)
     if run_dir is not None and (run_dir / "checkpoint.pt").is_file():
         then = f"{run_dir / 'checkpoint.pt'} is kept; resume with pyro-vae train --resume {run_dir}"
     elif run_dir is not None and (run_dir / "config.json").is_file():
@@ -319,7 +318,7 @@ def _evaluate_run(args: argparse.Namespace, cfg: EvalConfig, world: World) -> in
         return 1
     except KeyboardInterrupt as e:
         if not world.is_main:  # rank 0 says it
-            return 128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT)
+            return 128 + signal_of(e)
         return _interrupted("evaluate", e)
     if not world.is_main:
         return 0

@@ -110,9 +110,7 @@ def evaluate_run(
 
 
 def _evaluate(run_dir: Path, cfg: EvalConfig, world: World) -> dict:
-    dev = resolve_device(cfg.device)
-    if dev.type == "cuda" and world.active:
-        dev = torch.device("cuda", world.local_rank)
+    dev = world.own(resolve_device(cfg.device))
     # rank 0 first: a refusal (no best.pt, changed data, ...) is said once
     model, x, labels, label_names, run, inputs = world.main_then_others(
         _model_and_data, run_dir, cfg, dev

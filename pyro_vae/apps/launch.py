@@ -9,10 +9,9 @@ the command's own handling raises, and stops the same way.
 
 from __future__ import annotations
 
-import signal
 import sys
 
-from pyro_vae.signals import Interrupted, StopRequest, raise_on_stop_signals, signal_name
+from pyro_vae.signals import StopRequest, raise_on_stop_signals, signal_name, signal_of
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         raise_on_stop_signals()
         return cli.main(argv)
     except KeyboardInterrupt as e:  # raised before the command's own handling
-        return _interrupted(e.signum if isinstance(e, Interrupted) else signal.SIGINT)
+        return _interrupted(signal_of(e))
 
 
 def _interrupted(signum: int) -> int:

@@ -179,7 +179,7 @@ def fit(
     # --tensorboard refuses before anything is written (on rank 0; the others then stop too)
     board = world.main_then_others(TensorBoardLog.start, cfg, out)
     check_beta(cfg.estimator, cfg.beta, warmup=cfg.warmup_epochs > 0)
-    device = _device(cfg.device, world)
+    device = world.own(resolve_device(cfg.device))
     model.to(device)
     train, train_inputs = train.to(device), tuple(t.to(device) for t in train_inputs)
     if test is None or len(test) == 0:  # --test-size 0
@@ -228,14 +228,6 @@ def _for_rank(cfg: TrainConfig, world: World) -> TrainConfig:
         return cfg
     pyro.set_rng_seed(rank_seed(cfg.seed, world.rank))
     return dataclasses.replace(cfg, quiet=True, tensorboard=False)
-
-
-def _device(name: str, world: World) -> torch.device:
-    """The training device: with several ranks on CUDA, the rank's own ``cuda:LOCAL_RANK``."""
-    device = resolve_device(name)
-    if device.type == "cuda" and world.active:
-        return torch.device("cuda", world.local_rank)
-    return device
 
 
 def _preflight(

@@ -136,7 +136,6 @@ class _StepLoss(nn.Module):
     itself; a module owning the model's parameters, for
     :class:`~torch.nn.parallel.DistributedDataParallel` to wrap.
 
-
     With ``collective=True`` (several ranks) a distribution parameter that Pyro's validation
     refuses on this rank's batch gives a NaN loss through every parameter instead of the
     error: the other ranks are waiting to average gradients with this one, and the
