@@ -67,6 +67,60 @@ def test_graph_equals_the_pyro_program_on_new_batches_after_updates(
     assert len(captured._graphs) == 1  # one shape, one graph
 
 
+def test_the_vae_graph_keeps_no_bookkeeping_nodes():
+    # Pyro's loss + (surrogate - detach(surrogate)), the likelihood's select of its one output
+    # per pixel and sum_rightmost's reshape of a flat event leave nothing in the graph
+    vae = build_vae((1, 4, 4), "bernoulli", latent_dim=3, hidden=(8,))
+    captured = CapturedLoss(vae, make_estimator("meanfield", 1))
+    x = _data("bernoulli", (1, 4, 4), 6, seed=0)
+    with pyro.validation_enabled(True):
+        captured(x)
+    (graph,) = captured._graphs.values()
+    ops = [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
+    assert captured.mode == "graph"
+    assert not {"aten.detach.default", "aten.select.int"} & set(ops)
+    assert ops.count("aten.neg.default") == 2  # -sum(bce) per datapoint, and the loss itself
+    shapes = [
+        (tuple(n.args[0].meta["val"].shape), tuple(n.meta["val"].shape))
+        for n in graph.graph.nodes
+        if str(n.target) in ("aten.reshape.default", "aten.view.default")
+    ]
+    assert shapes and all(a != b for a, b in shapes)
+
+
+def _surrogate_graph(fn):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pyro_vae.infer.capture import _drop_identities
+
+    graph = make_fx(fn, pre_dispatch=True)(torch.randn(3, requires_grad=True))
+    _drop_identities(graph)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return graph, [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
+
+
+def test_the_zero_surrogate_goes_only_where_loss_and_surrogate_are_one_operation():
+    a = torch.tensor([0.5, -2.0, 3.0], requires_grad=True)
+
+    def same(t):  # Pyro's form for a reparameterized estimator: both are -t
+        surrogate = -t
+        return -t.detach() + (surrogate - surrogate.detach())
+
+    graph, ops = _surrogate_graph(same)
+    assert ops == ["aten.neg.default"]
+    (grad,) = torch.autograd.grad(graph(a).sum(), a)
+    assert torch.equal(graph(a), same(a)) and torch.equal(grad, -torch.ones(3))
+
+    def score(t):  # a loss that is not the surrogate's operation keeps its surrogate term
+        surrogate = -t
+        return -(2 * t.detach()) + (surrogate - surrogate.detach())
+
+    graph, ops = _surrogate_graph(score)
+    assert "aten.sub.Tensor" in ops and "aten.detach.default" in ops
+    assert torch.equal(graph(a), score(a))
+
+
 def test_each_batch_shape_and_kl_weight_gets_its_own_graph():
     vae = build_vae((6,), "bernoulli", latent_dim=2, hidden=(8,))
     captured = CapturedLoss(vae, make_estimator("meanfield"))

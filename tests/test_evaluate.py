@@ -487,4 +487,6 @@ def test_benchmark_script_smoke():
     assert [ln.split()[:2] for ln in res.stdout.splitlines() if ln.startswith("eval-")] == [
         ["eval-roofline", "cpu"],
         ["eval-ratio", "cpu"],
+        ["eval-ratio-same-density", "cpu"],
     ]
+    assert out["race_ratio_same_density"] > 0 and len(out["race_ratios"]) == 2

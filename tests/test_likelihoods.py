@@ -158,6 +158,71 @@ def test_bernoulli_on_grey_data_says_what_to_do():
     lik.check_support(torch.tensor([[0.0, 1.0, 1.0, 0.0]]))
 
 
+def _bernoulli(logits: torch.Tensor, event_shape: tuple[int, ...]):
+    """The Bernoulli likelihood's distribution for ``logits`` of shape ``(*batch, *event)``."""
+    lik = make_likelihood("bernoulli", event_shape)
+    return lik.distribution(logits.unsqueeze(-1 - len(event_shape)))  # one output per pixel
+
+
+def _bernoulli_reference(logits: torch.Tensor, x: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """torch's own ``Bernoulli(logits).to_event(event_dim).log_prob(x)``."""
+    return torch.distributions.Independent(
+        torch.distributions.Bernoulli(logits=logits), event_dim
+    ).log_prob(x)
+
+
+def test_bernoulli_log_prob_with_gradients_is_torchs_bit_for_bit_gradients_included():
+    torch.manual_seed(0)
+    x = (torch.rand(4, 1, 5, 7) < 0.4).float()
+    logits = (4 * torch.randn(3, 4, 1, 5, 7)).requires_grad_()  # (particles, batch, *event)
+    ours = _bernoulli(logits, (1, 5, 7)).log_prob(x)
+    (grad,) = torch.autograd.grad(ours.sum(), logits)
+    ref = _bernoulli_reference(logits, x, 3)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), logits)
+    assert ours.shape == (3, 4)
+    assert torch.equal(ours, ref) and torch.equal(grad, ref_grad)
+
+
+def test_bernoulli_log_prob_without_gradients_is_the_float64_value_to_rounding():
+    torch.manual_seed(1)
+    x = (torch.rand(5, 2, 6) < 0.5).float()
+    logits = 6 * torch.randn(7, 5, 2, 6)
+    logits[0, 0] = torch.tensor([[30.0, -30.0, 80.0, -80.0, 1e-3, 0.0]] * 2)  # saturated pixels
+    with torch.no_grad():
+        ours = _bernoulli(logits, (2, 6)).log_prob(x)  # x . l - sum softplus(l), broadcast
+        ref = _bernoulli_reference(logits.double(), x.double(), 2)
+    assert ours.shape == (7, 5) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-6, atol=1e-4)
+    # a value that broadcasts along the particles and one with the particles' own shape agree
+    with torch.no_grad():
+        full = _bernoulli(logits, (2, 6)).log_prob(x.expand(7, 5, 2, 6).contiguous())
+    torch.testing.assert_close(full, ours, rtol=1e-6, atol=1e-5)
+    # where the cross-entropy loses the pixel (l = 1e30, x = 0 gives 0), the sum keeps it
+    big = torch.tensor([[1e30, 0.0]])
+    with torch.no_grad():
+        value = _bernoulli(big, (2,)).log_prob(torch.tensor([[0.0, 1.0]])).item()
+    assert value == pytest.approx(-1e30 - math.log(2))
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_bernoulli_log_prob_refuses_grey_values_in_both_paths(grad):
+    with torch.set_grad_enabled(grad), pytest.raises(DataSupportError, match="Binarize"):
+        _bernoulli(torch.zeros(2, 3, requires_grad=grad), (3,)).log_prob(
+            torch.tensor([0.0, 0.5, 1.0])
+        )
+
+
+def test_bernoulli_distribution_survives_pyro_broadcasting_and_masking():
+    x = torch.tensor([[0.0, 1.0, 1.0]])
+    d = _bernoulli(torch.randn(1, 3), (3,)).expand((4,))
+    assert type(d) is type(_bernoulli(torch.zeros(1, 3), (3,))) and d.batch_shape == (4,)
+    with torch.no_grad():
+        masked = d.mask(torch.tensor([True, False, True, True])).log_prob(x)
+        torch.testing.assert_close(
+            masked, d.log_prob(x) * torch.tensor([1.0, 0.0, 1.0, 1.0]), rtol=0, atol=0
+        )
+
+
 def test_continuous_bernoulli_outside_unit_interval_says_what_to_do():
     lik = make_likelihood("continuous-bernoulli", (2,))
     with pytest.raises(DataSupportError, match=r"\[0, 1\].*255.*normal"):

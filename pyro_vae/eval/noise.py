@@ -28,19 +28,29 @@ STREAM_IMPORTANCE, STREAM_ELBO = 0, 1
 _MASK32 = 0xFFFFFFFF
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``(x * c) mod 2^32`` for ``0 <= x < 2^32`` in int64 without overflow (16-bit halves)."""
-    lo, hi = x & 0xFFFF, x >> 16
-    return (lo * c + ((hi * (c & 0xFFFF)) << 16)) & _MASK32  # every term < 2^49
+def _mul32_(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``x <- (x * c) mod 2^32`` in place, for ``0 <= x < 2^32`` in int64 without overflow
+    (16-bit halves: every term < 2^49)."""
+    hi = x >> 16
+    x &= 0xFFFF
+    x *= c
+    hi *= c & 0xFFFF
+    hi <<= 16
+    x += hi
+    x &= _MASK32
+    return x
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """C. Wellons' ``lowbias32``: a bijection of 32-bit words with full avalanche."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
+def _mix32_(x: torch.Tensor) -> torch.Tensor:
+    """C. Wellons' ``lowbias32``, a bijection of 32-bit words with full avalanche, in place on
+    ``x`` (a tensor the caller made for it: in place, a full-size hash allocates 4 temporaries
+    instead of 17)."""
+    x ^= x >> 16
+    _mul32_(x, 0x7FEB352D)
+    x ^= x >> 15
+    _mul32_(x, 0x846CA68B)
+    x ^= x >> 16
+    return x
 
 
 def counter_hash(*counters: torch.Tensor | int) -> torch.Tensor:
@@ -56,14 +66,14 @@ def counter_hash(*counters: torch.Tensor | int) -> torch.Tensor:
     h = torch.tensor(0x9E3779B9, dtype=torch.int64, device=device)
     for c in counters:
         if isinstance(c, torch.Tensor):
-            h = _mix32(h ^ (c.to(torch.int64) & _MASK32))
+            h = _mix32_(h ^ (c.to(torch.int64) & _MASK32))
             continue
         c = int(c)
         if c < 0:
             raise ValueError(f"counters must be non-negative, got {c}")
-        h = _mix32(h ^ (c & _MASK32))
+        h = _mix32_(h ^ (c & _MASK32))
         if c > _MASK32:
-            h = _mix32(h ^ ((c >> 32) & _MASK32))
+            h = _mix32_(h ^ ((c >> 32) & _MASK32))
     return h
 
 
@@ -75,11 +85,13 @@ def counter_uniform(
     ``u = (m + 1/2) / 2^b`` with ``m`` the top ``b`` bits of :func:`counter_hash`, where
     ``b = min(32, mantissa bits of dtype)`` (23 for float32, 32 for float64), so every ``u``
     is exactly representable in ``dtype`` and ``2u - 1`` never rounds to -1 or 1 (a Normal's
-    inverse CDF stays finite: float32 particles reach about 5.3 standard deviations).
+    inverse CDF stays finite: float32 particles reach about 5.3 standard deviations). ``m`` and
+    ``m + 1/2`` fit the significand of ``dtype`` (``b`` stored bits and the implicit one), so
+    the arithmetic is exact in ``dtype`` itself.
     """
     bits = min(32, round(-math.log2(torch.finfo(dtype).eps)))  # stored mantissa bits
-    m = counter_hash(*counters) >> (32 - bits)
-    return ((m.to(torch.float64) + 0.5) / 2.0**bits).to(dtype)
+    u = (counter_hash(*counters) >> (32 - bits)).to(dtype)  # m, exactly
+    return u.add_(0.5).mul_(2.0**-bits)
 
 
 def _site_key(name: str) -> int:

@@ -165,12 +165,17 @@ def _filled_with(c) -> int | float | None:
     return None
 
 
+#: ``op(x, shape)`` that give ``x`` itself when ``shape`` is the shape ``x`` has
+_SAME_SHAPE = ("aten.expand.default", "aten.reshape.default", "aten.view.default")
+
+
 def _drop_identities(graph) -> None:
     """Remove ``x + 0``, ``x - 0``, ``x * 1``, ``x / 1``, with ``0`` and ``1`` a scalar or a
     tensor of zeros or ones (Pyro's bookkeeping adds a few; a standard Normal prior's KL
-    divides by its scale of ones and subtracts its loc of zeros) and ``expand`` to the shape the
-    tensor already has; values and gradients are unchanged (the result keeps ``x``'s shape and
-    dtype, or nothing is removed)."""
+    divides by its scale of ones and subtracts its loc of zeros), and ``expand``, ``reshape``
+    or ``view`` to the shape the tensor already has (Pyro's ``sum_rightmost`` flattens an event
+    that is already flat); values and gradients are unchanged (the result keeps ``x``'s shape
+    and dtype, or nothing is removed). Then :func:`_drop_zero_surrogate`."""
     for node in list(graph.graph.nodes):
         # broadcast_tensors of tensors that already share a shape returns them as they are
         # (first: it hides a prior's zeros and ones from the identities below)
@@ -200,11 +205,64 @@ def _drop_identities(graph) -> None:
             continue
         same = out.shape == src.shape and out.dtype == src.dtype and src.is_floating_point()
         identity = (name in _IDENTITIES and _filled_with(c) == _IDENTITIES[name]) or (
-            name == "aten.expand.default" and tuple(c) == tuple(src.shape)
+            name in _SAME_SHAPE and tuple(out.shape) == tuple(src.shape)
         )
         if same and identity:
             node.replace_all_uses_with(x)
             graph.graph.erase_node(node)
+    _drop_zero_surrogate(graph)
+
+
+def _is_call(node, target: str) -> bool:
+    return (
+        isinstance(node, torch.fx.Node)
+        and node.op == "call_function"
+        and (str(node.target) == target)
+    )
+
+
+def _drop_zero_surrogate(graph) -> None:
+    """Replace Pyro's ``loss + (surrogate - detach(surrogate))`` by ``surrogate`` where the
+    loss is the surrogate's own operation on the detached input (``-detach(a)`` and ``-a``: an
+    estimator without score-function terms).
+
+    Pyro returns the loss's value with the surrogate's gradient; when both are the same
+    operation ``f`` of the same ``a``, ``f(detach(a)) + (f(a) - f(a))`` is ``f(a)`` in value
+    (the difference is exactly 0 for a finite loss; a non-finite one stays non-finite) and in
+    gradient (through ``f(a)``, times 1 twice), so three nodes and their backward go.
+    """
+    for node in list(graph.graph.nodes):
+        if not _is_call(node, "aten.add.Tensor") or len(node.args) != 2 or node.kwargs:
+            continue
+        for loss, diff in (node.args, node.args[::-1]):
+            if not (_is_call(diff, "aten.sub.Tensor") and len(diff.args) == 2):
+                continue
+            surrogate, detached = diff.args
+            if not (
+                _is_call(detached, "aten.detach.default")
+                and detached.args[0] is surrogate
+                and isinstance(loss, torch.fx.Node)
+                and isinstance(surrogate, torch.fx.Node)
+                and loss.op == surrogate.op == "call_function"
+                and loss.target == surrogate.target
+                and loss.kwargs == surrogate.kwargs
+                and len(loss.args) == len(surrogate.args) >= 1
+                and loss.args[1:] == surrogate.args[1:]
+                and _is_call(loss.args[0], "aten.detach.default")
+                and loss.args[0].args[0] is surrogate.args[0]
+            ):
+                continue
+            out, val = node.meta.get("val"), surrogate.meta.get("val")
+            if not (
+                isinstance(out, torch.Tensor)
+                and isinstance(val, torch.Tensor)
+                and out.shape == val.shape
+                and out.dtype == val.dtype
+            ):
+                continue
+            node.replace_all_uses_with(surrogate)
+            graph.graph.erase_node(node)  # the rest goes with dead-code elimination
+            break
 
 
 def _drop_dead_constants(graph) -> None:

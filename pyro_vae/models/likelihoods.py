@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import constraints
+from torch.distributions.utils import _sum_rightmost, broadcast_all
 
 from pyro_vae.models.discretized_logistic import DiscretizedLogisticMixture, LevelGrid
 from pyro_vae.registry import Registry
@@ -130,6 +131,44 @@ class _Bernoulli(_ActionableSupport, dist.Bernoulli):
     support_check = staticmethod(_check_binary)
 
 
+class _IndependentBernoulli(dist.Independent):
+    """``Bernoulli(logits).to_event(n)`` with the pixels' log-probabilities summed as they are
+    made, never held negated.
+
+    torch's ``Bernoulli.log_prob`` negates every pixel's binary cross-entropy and
+    ``Independent`` then sums them: two passes over every pixel, and their two mirror images in
+    the backward pass. Here:
+
+    * with autograd on (training): ``-sum(bce(l, x))``, bit for bit the numbers torch gives
+      (negation is exact, so negating the sum equals summing the negations) without the pass
+      that negates each pixel, forward and backward;
+    * without autograd (evaluation, the importance sampler's thousands of particles per
+      datapoint): ``x . l - sum softplus(l)``, one product over the event and one softplus,
+      about half the time of the cross-entropy's four passes. It equals the cross-entropy up to
+      float rounding (it is exact where ``x = 0`` and the cross-entropy exact where ``x = 1``),
+      and is right where the cross-entropy is not (``l = 1e30, x = 0``: -1e30, not 0).
+
+    The support of the value is validated as ``Bernoulli`` validates it (``_Bernoulli``'s
+    actionable message), against the value as given, before it is broadcast to the particles.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        base, n = self.base_dist, self.reinterpreted_batch_ndims
+        if base._validate_args:
+            base._validate_sample(value)
+        logits = base.logits
+        if torch.is_grad_enabled() or n == 0:
+            logits, value = broadcast_all(logits, value)
+            bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+            return -_sum_rightmost(bce, n)
+        event = logits.shape[logits.dim() - n :]
+        value = value.expand(*value.shape[: value.dim() - n], *event)  # (*vb, *event)
+        flat_l = logits.flatten(-n)  # (*batch, D)
+        flat_x = value.reshape(*value.shape[: value.dim() - n], -1)  # (*vb, D)
+        dot = torch.einsum("...d,...d->...", flat_l, flat_x)  # broadcast, not expanded
+        return dot - F.softplus(flat_l).sum(-1)
+
+
 class _ContinuousBernoulli(_ActionableSupport, dist.ContinuousBernoulli):
     support_check = staticmethod(_check_unit_interval)
 
@@ -196,8 +235,16 @@ class Likelihood(nn.Module):
         return torch.Size((self.params_per_dim, *self.event_shape))
 
     def component(self, params: torch.Tensor, i: int) -> torch.Tensor:
-        """The ``i``-th decoder output per dimension: ``(..., k, *event) -> (..., *event)``."""
-        return params.select(-1 - self.event_dim, i)
+        """The ``i``-th decoder output per dimension: ``(..., k, *event) -> (..., *event)``.
+
+        With one output per dimension it is a ``squeeze``, the same view as ``select`` but
+        one whose backward is a view too (``select``'s fills a zero tensor of the decoder's
+        output and copies the gradient into it, every step).
+        """
+        dim = -1 - self.event_dim
+        if i == 0 and params.shape[dim] == 1:
+            return params.squeeze(dim)
+        return params.select(dim, i)
 
     def distribution(self, params: torch.Tensor) -> dist.TorchDistribution:
         """The distribution of ``x`` given decoder output ``params``.
@@ -235,7 +282,7 @@ class BernoulliLikelihood(Likelihood):
     fits = "binary data, exactly 0 or 1"
 
     def distribution(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return _Bernoulli(logits=self.component(params, 0)).to_event(self.event_dim)
+        return _IndependentBernoulli(_Bernoulli(logits=self.component(params, 0)), self.event_dim)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.component(params, 0))
