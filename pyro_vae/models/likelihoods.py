@@ -158,6 +158,7 @@ class _IndependentBernoulli(dist.Independent):
             base._validate_sample(value)
         logits = base.logits
         if torch.is_grad_enabled() or n == 0:
+            # the very call torch's Bernoulli.log_prob makes: a density of the model, not a loss
             logits, value = broadcast_all(logits, value)
             bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
             return -_sum_rightmost(bce, n)
