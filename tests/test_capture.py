@@ -91,10 +91,10 @@ def test_the_vae_graph_keeps_no_bookkeeping_nodes():
 def _surrogate_graph(fn):
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from pyro_vae.infer.capture import _drop_identities
+    from pyro_vae.infer.capture import _drop_zero_surrogate
 
     graph = make_fx(fn, pre_dispatch=True)(torch.randn(3, requires_grad=True))
-    _drop_identities(graph)
+    _drop_zero_surrogate(graph)
     graph.graph.eliminate_dead_code()
     graph.recompile()
     return graph, [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]

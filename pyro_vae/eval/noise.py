@@ -43,8 +43,8 @@ def _mul32_(x: torch.Tensor, c: int) -> torch.Tensor:
 
 def _mix32_(x: torch.Tensor) -> torch.Tensor:
     """C. Wellons' ``lowbias32``, a bijection of 32-bit words with full avalanche, in place on
-    ``x`` (a tensor the caller made for it: in place, a full-size hash allocates 4 temporaries
-    instead of 17)."""
+    ``x`` (a tensor the caller made for it: in place, a full-size hash allocates 5 temporaries
+    instead of 20)."""
     x ^= x >> 16
     _mul32_(x, 0x7FEB352D)
     x ^= x >> 15

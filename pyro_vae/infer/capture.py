@@ -165,6 +165,15 @@ def _filled_with(c) -> int | float | None:
     return None
 
 
+def _is_call(node, target: str) -> bool:
+    """Whether ``node`` is a graph node calling the aten overload named ``target``."""
+    return (
+        isinstance(node, torch.fx.Node)
+        and node.op == "call_function"
+        and str(node.target) == target
+    )
+
+
 #: ``op(x, shape)`` that give ``x`` itself when ``shape`` is the shape ``x`` has
 _SAME_SHAPE = ("aten.expand.default", "aten.reshape.default", "aten.view.default")
 
@@ -175,11 +184,11 @@ def _drop_identities(graph) -> None:
     divides by its scale of ones and subtracts its loc of zeros), and ``expand``, ``reshape``
     or ``view`` to the shape the tensor already has (Pyro's ``sum_rightmost`` flattens an event
     that is already flat); values and gradients are unchanged (the result keeps ``x``'s shape
-    and dtype, or nothing is removed). Then :func:`_drop_zero_surrogate`."""
+    and dtype, or nothing is removed)."""
     for node in list(graph.graph.nodes):
         # broadcast_tensors of tensors that already share a shape returns them as they are
         # (first: it hides a prior's zeros and ones from the identities below)
-        if node.op == "call_function" and str(node.target) == "aten.broadcast_tensors.default":
+        if _is_call(node, "aten.broadcast_tensors.default"):
             inputs = node.args[0]
             vals = [getattr(t, "meta", {}).get("val") for t in inputs]
             if (
@@ -210,15 +219,6 @@ def _drop_identities(graph) -> None:
         if same and identity:
             node.replace_all_uses_with(x)
             graph.graph.erase_node(node)
-    _drop_zero_surrogate(graph)
-
-
-def _is_call(node, target: str) -> bool:
-    return (
-        isinstance(node, torch.fx.Node)
-        and node.op == "call_function"
-        and (str(node.target) == target)
-    )
 
 
 def _drop_zero_surrogate(graph) -> None:
@@ -268,10 +268,8 @@ def _drop_zero_surrogate(graph) -> None:
 def _drop_dead_constants(graph) -> None:
     """Remove constants copied and detached in place, then never read."""
     for node in list(graph.graph.nodes):
-        if (
-            node.op == "call_function"
-            and str(node.target) == "aten.lift_fresh_copy.default"
-            and all(str(u.target) == "aten.detach_.default" and not u.users for u in node.users)
+        if _is_call(node, "aten.lift_fresh_copy.default") and all(
+            _is_call(u, "aten.detach_.default") and not u.users for u in node.users
         ):
             for u in list(node.users):
                 graph.graph.erase_node(u)
@@ -446,6 +444,7 @@ class CapturedLoss:
             )
         if all(_fresh(root) for root in mutated):  # only random fills of new tensors
             _drop_identities(graph)
+            _drop_zero_surrogate(graph)
         graph.graph.eliminate_dead_code()  # e.g. log p(z) that the analytic KL never reads
         graph.recompile()
         try:

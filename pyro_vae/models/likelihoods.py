@@ -28,9 +28,10 @@ from collections.abc import Sequence
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro.distributions.util import sum_rightmost
 from torch import nn
 from torch.distributions import constraints
-from torch.distributions.utils import _sum_rightmost, broadcast_all
+from torch.distributions.utils import broadcast_all
 
 from pyro_vae.models.discretized_logistic import DiscretizedLogisticMixture, LevelGrid
 from pyro_vae.registry import Registry
@@ -161,7 +162,7 @@ class _IndependentBernoulli(dist.Independent):
             # the very call torch's Bernoulli.log_prob makes: a density of the model, not a loss
             logits, value = broadcast_all(logits, value)
             bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
-            return -_sum_rightmost(bce, n)
+            return -sum_rightmost(bce, n)
         event = logits.shape[logits.dim() - n :]
         value = value.expand(*value.shape[: value.dim() - n], *event)  # (*vb, *event)
         flat_l = logits.flatten(-n)  # (*batch, D)
