@@ -5,7 +5,7 @@ modules, copied), a Bernoulli likelihood with logits (``binary_cross_entropy_wit
 summed over pixels) and the closed-form Gaussian KL, trained with the same fused Adam. It is
 the only hand-written VAE loss in the repository, and exists to be raced. The pyro-vae step is
 :class:`pyro_vae.train.TrainStep`, the object :func:`pyro_vae.train.fit` calls every step
-(estimator loss, backward, gradient norm, non-finite guard, optimizer), with each
+(estimator loss, backward, non-finite guard over every gradient, optimizer), with each
 ``--estimators`` and ``--capture`` mode.
 
 Every case of a round trains on the same batches (rows of a device tensor picked by a random
@@ -19,12 +19,14 @@ median reported with the interquartile range.
 (MNIST size: the t10k images tiled six times) at each batch size, batch preparation and
 optimizer included. pyro-vae's epoch is :func:`pyro_vae.train.fit` with its defaults (the
 second epoch of a two-epoch run, so the recording of the graph on the first batch is not in
-it; the first epoch's extra seconds and the set-up before it are reported on their own). The
-floor is a hand-written eager epoch: a random permutation on the device, each batch gathered
-from the device tensor and binarized with ``torch.bernoulli(x / 255)``, the hand-written step,
-the loss summed on the device and read once at the end. A second hand-written epoch prepares
-its batches with pyro-vae's :class:`~pyro_vae.data.Preprocess` instead, which tells the part of
-the ratio the preparation makes from the part the step makes. Rounds alternate the order.
+it; the first epoch's extra seconds and the set-up before it are reported on their own), or
+with each capture mode of ``--epoch-capture`` (``compile``: its compilation is the first
+epoch's extra seconds). The floor is a hand-written eager epoch: a random permutation on the
+device, each batch gathered from the device tensor and binarized with
+``torch.bernoulli(x / 255)``, the hand-written step, the loss summed on the device and read
+once at the end. A second hand-written epoch prepares its batches with pyro-vae's
+:class:`~pyro_vae.data.Preprocess` instead, which tells the part of the ratio the preparation
+makes from the part the step makes. Rounds rotate the order.
 
 **Models** (``--models``): for each built-in model (:data:`pyro_vae.models.MODELS`), its
 :class:`~pyro_vae.train.TrainStep` with the recorded graph against the same step running the
@@ -42,7 +44,8 @@ Besides its tables, it prints one machine-readable line per measured case::
     model-ratio <device> batch=<B> <model> <median ratio of the graph to the Pyro program>
     setup <device> batch=<B> <case> <seconds of the first step: recording, compilation>
 
-(the estimator gets a ``+<capture mode>`` suffix for modes other than the first). A
+(the estimator gets a ``+<capture mode>`` suffix for modes other than the first, and in the
+epoch lines for modes other than fit's default). A
 ``--capture compile`` case reports its compilation in the ``setup`` line; torch keeps compiled
 code in its cache (``TORCHINDUCTOR_CACHE_DIR``, by default under the system's temporary
 folder), so a second run of the same shapes loads it instead of compiling again.
@@ -263,11 +266,17 @@ def hand_written_epoch(
     return time.perf_counter() - start
 
 
-def fit_epoch(base: VAE, data: torch.Tensor, batch: int, args) -> tuple[float, float, float]:
-    """pyro-vae's default training of a copy of ``base`` for two epochs: the second epoch's
-    seconds, the first epoch's extra seconds (recording the graph) and the set-up before it."""
+def fit_epoch(
+    base: VAE, data: torch.Tensor, batch: int, args, capture: str
+) -> tuple[float, float, float]:
+    """pyro-vae's training of a copy of ``base`` for two epochs (its defaults, with the capture
+    mode ``capture``): the second epoch's seconds, the first epoch's extra seconds (recording
+    the graph, or compiling it) and the set-up before it."""
     vae = copy.deepcopy(base)
-    cfg = TrainConfig(epochs=2, batch_size=batch, lr=args.lr, device=data.device.type, quiet=True)
+    cfg = TrainConfig(
+        epochs=2, batch_size=batch, lr=args.lr, device=data.device.type, quiet=True,
+        capture=capture,
+    )  # fmt: skip
     _sync(data.device)
     start = time.perf_counter()
     result = fit(vae, data, None, cfg, preprocess=Preprocess("dynamic"))
@@ -278,9 +287,10 @@ def fit_epoch(base: VAE, data: torch.Tensor, batch: int, args) -> tuple[float, f
 
 
 def race_epochs(args, device: torch.device, images: torch.Tensor) -> list[dict]:
-    """Interleaved epochs of ``fit`` and of the hand-written loop at each batch size."""
+    """Interleaved epochs of ``fit`` (each ``--epoch-capture`` mode) and of the hand-written
+    loop at each batch size; one row per batch size and mode."""
     data = images.to(device)
-    estimator = TrainConfig().estimator
+    default = TrainConfig()
     rows = []
     for batch in args.batch_sizes:
         torch.manual_seed(0)
@@ -291,38 +301,42 @@ def race_epochs(args, device: torch.device, images: torch.Tensor) -> list[dict]:
         }
         for floor, prepare in floors.values():  # warm-up: allocator, threads, Adam state
             hand_written_epoch(floor, data[: 8 * batch], batch, prepare)
-        seconds: dict[str, list[float]] = {"fit": [], **{n: [] for n in floors}}
-        extra, setup = [], []
+        modes = args.epoch_capture
+        seconds: dict[str, list[float]] = {**{m: [] for m in modes}, **{n: [] for n in floors}}
+        extra: dict[str, list[float]] = {m: [] for m in modes}
+        setup: dict[str, list[float]] = {m: [] for m in modes}
         with pyro.validation_enabled(True):
             for r in range(args.epoch_rounds):
-                cases = ["fit", *floors]
-                for name in cases[r % 2 :] + cases[: r % 2]:  # alternate who goes first
-                    if name == "fit":
-                        s, e, u = fit_epoch(base, data, batch, args)
-                        seconds["fit"].append(s)
-                        extra.append(e)
-                        setup.append(u)
-                    else:
+                cases = [*modes, *floors]
+                for name in cases[r % len(cases) :] + cases[: r % len(cases)]:  # rotate
+                    if name in floors:
                         floor, prepare = floors[name]
                         seconds[name].append(hand_written_epoch(floor, data, batch, prepare))
-        ratios = {n: [f / h for f, h in zip(seconds["fit"], seconds[n])] for n in floors}
-        rows.append(
-            {
-                "device": device.type,
-                "batch": batch,
-                "estimator": estimator,
-                "images": len(data),
-                "fit_s": statistics.median(seconds["fit"]),
-                "first_epoch_extra_s": statistics.median(extra),
-                "setup_s": statistics.median(setup),
-                "hand_written_s": statistics.median(seconds["torch.bernoulli"]),
-                "hand_written_same_prep_s": statistics.median(seconds["Preprocess"]),
-                "ratio": statistics.median(ratios["torch.bernoulli"]),
-                "ratio_iqr": _iqr(ratios["torch.bernoulli"]),
-                "ratio_same_prep": statistics.median(ratios["Preprocess"]),
-                "ratio_same_prep_iqr": _iqr(ratios["Preprocess"]),
-            }
-        )
+                    else:
+                        s, e, u = fit_epoch(base, data, batch, args, name)
+                        seconds[name].append(s)
+                        extra[name].append(e)
+                        setup[name].append(u)
+        for mode in modes:
+            ratios = {n: [f / h for f, h in zip(seconds[mode], seconds[n])] for n in floors}
+            suffix = "" if mode == default.capture else f"+{mode}"
+            rows.append(
+                {
+                    "device": device.type,
+                    "batch": batch,
+                    "estimator": default.estimator + suffix,
+                    "images": len(data),
+                    "fit_s": statistics.median(seconds[mode]),
+                    "first_epoch_extra_s": statistics.median(extra[mode]),
+                    "setup_s": statistics.median(setup[mode]),
+                    "hand_written_s": statistics.median(seconds["torch.bernoulli"]),
+                    "hand_written_same_prep_s": statistics.median(seconds["Preprocess"]),
+                    "ratio": statistics.median(ratios["torch.bernoulli"]),
+                    "ratio_iqr": _iqr(ratios["torch.bernoulli"]),
+                    "ratio_same_prep": statistics.median(ratios["Preprocess"]),
+                    "ratio_same_prep_iqr": _iqr(ratios["Preprocess"]),
+                }
+            )
     return rows
 
 
@@ -508,6 +522,14 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=3,
         help="rounds of the epoch race, fit against the hand-written epoch (0: skip)",
+    )
+    p.add_argument(
+        "--epoch-capture",
+        nargs="+",
+        default=[TrainConfig().capture],
+        choices=CAPTURE_MODES.names(),
+        help="fit's capture modes in the epoch race (a mode other than the default gets a "
+        "+<mode> suffix; compile's first-epoch seconds are its compilation)",
     )
     p.add_argument(
         "--models",

@@ -67,12 +67,14 @@ def test_graph_equals_the_pyro_program_on_new_batches_after_updates(
     assert len(captured._graphs) == 1  # one shape, one graph
 
 
-def test_the_vae_graph_keeps_no_bookkeeping_nodes():
+@pytest.mark.parametrize("event_shape", [(1, 4, 4), (16,)])
+def test_the_vae_graph_keeps_no_bookkeeping_nodes(event_shape):
     # Pyro's loss + (surrogate - detach(surrogate)), the likelihood's select of its one output
-    # per pixel and sum_rightmost's reshape of a flat event leave nothing in the graph
-    vae = build_vae((1, 4, 4), "bernoulli", latent_dim=3, hidden=(8,))
+    # per pixel, its (B, 1, D) squeezed back to the decoder's (B, D), and sum_rightmost's
+    # reshape of a flat event leave nothing in the graph
+    vae = build_vae(event_shape, "bernoulli", latent_dim=3, hidden=(8,))
     captured = CapturedLoss(vae, make_estimator("meanfield", 1))
-    x = _data("bernoulli", (1, 4, 4), 6, seed=0)
+    x = _data("bernoulli", event_shape, 6, seed=0)
     with pyro.validation_enabled(True):
         captured(x)
     (graph,) = captured._graphs.values()
@@ -80,12 +82,18 @@ def test_the_vae_graph_keeps_no_bookkeeping_nodes():
     assert captured.mode == "graph"
     assert not {"aten.detach.default", "aten.select.int"} & set(ops)
     assert ops.count("aten.neg.default") == 2  # -sum(bce) per datapoint, and the loss itself
+    reshapes = ("aten.reshape.default", "aten.view.default", "aten.squeeze.dim")
+
+    def start(n):  # where a chain of reshapes begins
+        return start(n.args[0]) if str(n.target) in reshapes else n
+
     shapes = [
-        (tuple(n.args[0].meta["val"].shape), tuple(n.meta["val"].shape))
+        (tuple(start(n.args[0]).meta["val"].shape), tuple(n.meta["val"].shape))
         for n in graph.graph.nodes
-        if str(n.target) in ("aten.reshape.default", "aten.view.default")
+        if str(n.target) in reshapes
     ]
-    assert shapes and all(a != b for a, b in shapes)
+    assert all(a != b for a, b in shapes)  # no chain ends where it began
+    assert bool(shapes) == (len(event_shape) > 1)  # only an image's event is reshaped
 
 
 def _surrogate_graph(fn):
@@ -211,13 +219,13 @@ def test_a_non_finite_step_through_the_graph_is_caught_and_skipped():
     x = _data("bernoulli", (6,), 5, 0)
     with pyro.validation_enabled(True):
         step(x, 1)
-        assert step.loss.mode == "graph" and int(step.guard.first_bad) == -1
+        assert step.loss.mode == "graph" and step.guard.first_bad == -1
         with torch.no_grad():
             vae.decoder.net[0].weight[0, 0] = float("nan")
         before = {k: v.clone() for k, v in vae.state_dict().items()}
         loss = step(x, 2)  # the graph runs: no validation error, a NaN loss
         step(x, 3)
-    assert torch.isnan(loss) and int(step.guard.first_bad) == 2
+    assert torch.isnan(loss) and step.guard.first_bad == 2
     for k, v in vae.state_dict().items():  # both updates were skipped on the device
         torch.testing.assert_close(v, before[k], rtol=0, atol=0, equal_nan=True)
 
@@ -272,6 +280,9 @@ def test_bench_train_prints_a_ratio_line_per_case(tmp_path):
             "256",
             "--epoch-rounds",
             "1",
+            "--epoch-capture",
+            "graph",
+            "off",
             "--model-rounds",
             "1",
             "--data",
@@ -291,8 +302,9 @@ def test_bench_train_prints_a_ratio_line_per_case(tmp_path):
     assert all(0 < float(ln[4]) < 100 for ln in lines)
     epochs = [ln.split()[:4] for ln in res.stdout.splitlines() if ln.startswith("epoch-ratio")]
     assert epochs == [
-        [line, "cpu", f"batch={b}", "meanfield"]
+        [line, "cpu", f"batch={b}", case]
         for b in (16, 32)
+        for case in ("meanfield", "meanfield+off")
         for line in ("epoch-ratio", "epoch-ratio-same-prep")
     ]
     models = {tuple(ln.split()[1:4]) for ln in res.stdout.splitlines() if ln.startswith("model-")}

@@ -1,6 +1,7 @@
 """The training loop: improvement, exact resume, NaN handling, run directory, CLI smoke runs."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,8 +15,9 @@ from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import Preprocess, load_data
 from pyro_vae.models import build_vae
 from pyro_vae.runs import load_run, run_training
-from pyro_vae.train import NonFiniteLossError, fit
+from pyro_vae.train import NonFiniteLossError, TrainStep, fit
 from pyro_vae.train.checkpoint import CheckpointError, safe_load
+from pyro_vae.train.step import NonFiniteGuard
 
 SMALL = dict(latent_dim=4, hidden=(32,))
 
@@ -313,6 +315,45 @@ def test_non_finite_gradient_with_finite_loss_is_a_bad_step(tmp_path):
         state = safe_load(tmp_path / name)
         assert all(torch.isfinite(v).all() for v in state["model"].values()), name
     assert all(torch.isfinite(p).all() for p in vae.parameters())  # the update was skipped
+
+
+def test_the_guard_flags_any_non_finite_element_and_nothing_else():
+    # every element is tested: one -inf among finite values is caught, finite values whose sum
+    # overflows are not a bad step, the values pass unchanged, and the flag stays from the
+    # first bad step on, which is named
+    guard = NonFiniteGuard(torch.device("cpu"))
+    big = torch.full((4,), 3e38)  # finite; their float32 sum is inf
+    grads = [torch.randn(3, 5), big.clone()]
+    loss = torch.tensor(2.5)
+    before = [g.clone() for g in grads]
+    assert float(guard.observe([*grads, loss.view(1)], 1)) == 0.0
+    assert not torch.isfinite(big.sum()) and guard.first_bad == -1
+    assert all(torch.equal(g, b) for g, b in zip(grads, before))
+    grads[0][2, 4] = -math.inf
+    assert float(guard.observe([*grads, loss.view(1)], 2)) == 1.0
+    grads[0][2, 4] = 0.0
+    assert float(guard.observe([*grads, loss.view(1)], 3)) == 1.0  # sticky
+    assert guard.first_bad == 2
+    fresh = NonFiniteGuard(torch.device("cpu"))
+    fresh.observe([torch.zeros(2), torch.tensor([math.nan])], 7)  # a NaN loss alone
+    assert fresh.first_bad == 7
+
+
+@pytest.mark.parametrize("grad_clip", [None, 1.0])
+def test_a_step_with_an_inf_gradient_element_changes_no_parameter(grad_clip):
+    torch.manual_seed(0)
+    vae = build_vae((12,), "bernoulli", 2, (8,))
+    step = TrainStep(vae, TrainConfig(capture="off", grad_clip=grad_clip), torch.device("cpu"))
+    x = torch.bernoulli(torch.full((16, 12), 0.5))
+    step(x, 1)
+    kept = [p.detach().clone() for p in vae.parameters()]
+    handle = vae.decoder.net[0].bias.register_hook(
+        lambda g: g.index_fill(0, g.new_tensor([1], dtype=torch.long), math.inf)
+    )
+    step(x, 2)
+    handle.remove()
+    assert all(torch.equal(p, k) for p, k in zip(vae.parameters(), kept))
+    assert step.guard.first_bad == 2
 
 
 def test_extending_a_cosine_run_is_refused(tmp_path):

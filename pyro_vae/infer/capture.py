@@ -177,6 +177,40 @@ def _is_call(node, target: str) -> bool:
 #: ``op(x, shape)`` that give ``x`` itself when ``shape`` is the shape ``x`` has
 _SAME_SHAPE = ("aten.expand.default", "aten.reshape.default", "aten.view.default")
 
+#: operations that only give their first argument another shape (a view, or a copy in order)
+_RESHAPES = (
+    "aten.reshape.default",
+    "aten.view.default",
+    "aten.squeeze.dim",
+    "aten.squeeze.dims",
+    "aten.squeeze.default",
+    "aten.unsqueeze.default",
+)
+
+
+def _drop_round_trips(graph) -> None:
+    """Replace a chain of reshapes (``reshape``, ``view``, ``squeeze``, ``unsqueeze``) that ends
+    where it started, in shape and strides, by its start: the likelihood's ``(B, 1, D)`` for its
+    one output per pixel, squeezed back to the decoder's ``(B, D)``. The same numbers in the
+    same layout, so values and gradients are unchanged."""
+    for node in list(graph.graph.nodes):
+        if not any(_is_call(node, name) for name in _RESHAPES):
+            continue
+        root = node.args[0]
+        while any(_is_call(root, name) for name in _RESHAPES):
+            root = root.args[0]
+        out, src = node.meta.get("val"), getattr(root, "meta", {}).get("val")
+        if (
+            root is not node.args[0]
+            and isinstance(out, torch.Tensor)
+            and isinstance(src, torch.Tensor)
+            and out.shape == src.shape
+            and out.stride() == src.stride()
+            and out.dtype == src.dtype
+        ):
+            node.replace_all_uses_with(root)
+            graph.graph.erase_node(node)  # the chain goes with dead-code elimination
+
 
 def _drop_identities(graph) -> None:
     """Remove ``x + 0``, ``x - 0``, ``x * 1``, ``x / 1``, with ``0`` and ``1`` a scalar or a
@@ -385,8 +419,8 @@ class CapturedLoss:
             and not _in_pyro_handler()
         ):
             graph = self._graph_for(x, inputs)
-            if graph is not None:
-                return graph(self._tensors, x, *inputs)
+            if graph is not None:  # a GraphModule's forward: it has no hooks to run
+                return getattr(graph, "forward", graph)(self._tensors, x, *inputs)
         return self.eager(x, *inputs)
 
     def eager(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
@@ -444,6 +478,7 @@ class CapturedLoss:
             )
         if all(_fresh(root) for root in mutated):  # only random fills of new tensors
             _drop_identities(graph)
+            _drop_round_trips(graph)
             _drop_zero_surrogate(graph)
         graph.graph.eliminate_dead_code()  # e.g. log p(z) that the analytic KL never reads
         graph.recompile()

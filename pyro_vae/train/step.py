@@ -71,9 +71,9 @@ class TrainStep:
     """One optimization step of :func:`~pyro_vae.train.fit`, with no host sync.
 
     The estimator's loss per datapoint (recorded once per batch shape and replayed, see
-    :class:`~pyro_vae.infer.CapturedLoss`), backward, a finiteness check of every gradient
-    (their sum; the total norm when clipping with ``grad_clip``), the non-finite guard, and one
-    fused Adam update that the guard can skip on the device. ``benchmarks/bench_train.py``
+    :class:`~pyro_vae.infer.CapturedLoss`), backward, the non-finite guard's check of every
+    gradient element and the loss (and the total norm when clipping with ``grad_clip``), and
+    one fused Adam update that the guard can skip on the device. ``benchmarks/bench_train.py``
     times exactly this object.
 
     With several ranks (``world``), the loss runs inside
@@ -118,14 +118,14 @@ class TrainStep:
             if not (self.world.active and from_process_group(e)):
                 raise
             raise lost_contact(e) from e
-        if self.grad_clip is not None:
-            grad_check = torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip)
-        else:  # finite iff every gradient is (barring overflow); half the cost of a norm
-            sums = [p.grad.sum() for p in self._params if p.grad is not None]
-            grad_check = torch.stack(sums).sum() if sums else detached.new_zeros(())
+        grads = [p.grad for p in self._params if p.grad is not None]
+        checked = [*grads, detached.view(1)]  # finite iff every gradient and the loss are
+        if self.grad_clip is not None:  # and the norm: a step too large to measure is bad
+            norm = torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip)
+            checked.append(norm.view(1))
         # stays on the device: a finite loss with a non-finite gradient is a bad step too (it
         # would poison every parameter); from the first bad step on, updates are skipped
-        self.optimizer.found_inf = self.guard.observe(detached, grad_check, step)
+        self.optimizer.found_inf = self.guard.observe(checked, step)
         self.optimizer.step()
         return detached
 
@@ -176,14 +176,14 @@ def data_parallel(module: nn.Module, device: torch.device) -> DistributedDataPar
 class NonFiniteGuard:
     """Watches the loss and the gradient for NaN/inf on the device, with no host sync per step.
 
-    Each step records, on the device, the first step whose loss or gradient is not finite (a
-    few scalar operations). From that step on, the fused Adam update is skipped on the device
-    through the optimizer's ``found_inf`` (the mechanism :class:`torch.amp.GradScaler` uses),
-    so a bad step changes no parameter. When the flag is read (every ``log_every`` steps,
-    before any checkpoint, or at once when Pyro's validation rejects a NaN distribution
-    parameter), the model still holds the parameters of the last good step, and
-    :func:`diagnose_non_finite` traces that step's batch (rebuilt from the epoch's
-    permutation by ``batch_of``) with them to name the term that failed.
+    Each step tests every element of the gradients and the loss on the device, in one kernel,
+    and counts the steps from the first bad one on (one scalar addition). From that step on,
+    the fused Adam update is skipped on the device through the optimizer's ``found_inf`` (the
+    mechanism :class:`torch.amp.GradScaler` uses), so a bad step changes no parameter. When
+    the flag is read (every ``log_every`` steps, before any checkpoint, or at once when Pyro's
+    validation rejects a NaN distribution parameter), the model still holds the parameters of
+    the last good step, and :func:`diagnose_non_finite` traces that step's batch (rebuilt from
+    the epoch's permutation by ``batch_of``) with them to name the term that failed.
 
     With several ranks, a step is bad when it is bad on any rank (one all-reduce of a flag
     on the device): every rank skips the same updates, and :meth:`check` stops every rank at
@@ -191,19 +191,39 @@ class NonFiniteGuard:
     """
 
     def __init__(self, device: torch.device, world: World = World()):
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        #: 1.0 from the first bad step on, else 0.0: the optimizer's ``found_inf``
+        self.found_inf = torch.zeros((), device=device)
+        self._bad_steps = torch.zeros((), device=device)  # steps observed since, that one too
+        self._one = torch.ones((), device=device)
+        self._last_step = 0
         self.world = world
 
-    def observe(self, loss: torch.Tensor, grad_check: torch.Tensor, step: int) -> torch.Tensor:
-        """Record step ``step`` (1-based); return ``found_inf`` for the optimizer.
+    def observe(self, checked: list[torch.Tensor], step: int) -> torch.Tensor:
+        """Record step ``step`` (1-based; steps come one after another); return ``found_inf``
+        for the optimizer.
 
-        :param grad_check: a scalar that is finite iff every gradient is (a sum or a norm).
+        :param checked: the tensors a good step has finite in every element: the gradients,
+            the loss (as a 1-element view) and any norm taken of them.
+
+        Every element is tested, in one pass over all of them: the kernel
+        :class:`torch.amp.GradScaler` unscales with, at a scale of exactly 1 (it writes each
+        value back unchanged), which sets ``found_inf`` to 1 on a NaN or an infinity. The flag
+        is sticky, so the first bad step is the last step minus the number of flagged steps
+        plus one, worked out when :meth:`check` reads them (one host sync).
         """
-        bad = ~torch.isfinite(loss + grad_check)
-        if self.world.active:
-            bad = self.world.max_(bad.to(torch.float32)) > 0
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
-        return (self.first_bad >= 0).to(torch.float32)
+        torch._amp_foreach_non_finite_check_and_unscale_(checked, self.found_inf, self._one)
+        if self.world.active:  # bad on any rank: every rank skips
+            self.world.max_(self.found_inf)
+        self._bad_steps += self.found_inf
+        self._last_step = step
+        return self.found_inf
+
+    @property
+    def first_bad(self) -> int:
+        """The first step (1-based) whose loss or gradient was not finite; -1: none (one host
+        sync)."""
+        bad = int(self._bad_steps)
+        return self._last_step - bad + 1 if bad else -1
 
     def check(
         self,
@@ -221,7 +241,7 @@ class NonFiniteGuard:
         :param epoch_of: ``step -> epoch`` (1-based), for the message.
         :param cause: Pyro's validation error at step ``step``, which counts as bad.
         """
-        bad = int(self.first_bad)
+        bad = self.first_bad
         if bad < 0 and cause is None:
             return
         what = "the training loss or its gradient became non-finite"
