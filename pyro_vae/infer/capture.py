@@ -174,8 +174,9 @@ def _is_call(node, target: str) -> bool:
     )
 
 
-#: ``op(x, shape)`` that give ``x`` itself when ``shape`` is the shape ``x`` has
-_SAME_SHAPE = ("aten.expand.default", "aten.reshape.default", "aten.view.default")
+#: ``op(x, shape)`` that gives ``x`` itself when ``shape`` is the shape ``x`` has (the
+#: reshapes, see :data:`_RESHAPES`, go in :func:`_drop_round_trips`)
+_SAME_SHAPE = ("aten.expand.default",)
 
 #: operations that only give their first argument another shape (a view, or a copy in order)
 _RESHAPES = (
@@ -189,10 +190,11 @@ _RESHAPES = (
 
 
 def _drop_round_trips(graph) -> None:
-    """Replace a chain of reshapes (``reshape``, ``view``, ``squeeze``, ``unsqueeze``) that ends
-    where it started, in shape and strides, by its start: the likelihood's ``(B, 1, D)`` for its
-    one output per pixel, squeezed back to the decoder's ``(B, D)``. The same numbers in the
-    same layout, so values and gradients are unchanged."""
+    """Replace a reshape (``reshape``, ``view``, ``squeeze``, ``unsqueeze``), or a chain of
+    them, that ends where it started, in shape and strides, by its start: Pyro's
+    ``sum_rightmost`` flattening an event that is already flat, the likelihood's ``(B, 1, D)``
+    for its one output per pixel squeezed back to the decoder's ``(B, D)``. The same numbers in
+    the same layout, so values and gradients are unchanged."""
     for node in list(graph.graph.nodes):
         if not any(_is_call(node, name) for name in _RESHAPES):
             continue
@@ -201,8 +203,7 @@ def _drop_round_trips(graph) -> None:
             root = root.args[0]
         out, src = node.meta.get("val"), getattr(root, "meta", {}).get("val")
         if (
-            root is not node.args[0]
-            and isinstance(out, torch.Tensor)
+            isinstance(out, torch.Tensor)
             and isinstance(src, torch.Tensor)
             and out.shape == src.shape
             and out.stride() == src.stride()
@@ -215,9 +216,8 @@ def _drop_round_trips(graph) -> None:
 def _drop_identities(graph) -> None:
     """Remove ``x + 0``, ``x - 0``, ``x * 1``, ``x / 1``, with ``0`` and ``1`` a scalar or a
     tensor of zeros or ones (Pyro's bookkeeping adds a few; a standard Normal prior's KL
-    divides by its scale of ones and subtracts its loc of zeros), and ``expand``, ``reshape``
-    or ``view`` to the shape the tensor already has (Pyro's ``sum_rightmost`` flattens an event
-    that is already flat); values and gradients are unchanged (the result keeps ``x``'s shape
+    divides by its scale of ones and subtracts its loc of zeros), and ``expand`` to the shape
+    the tensor already has; values and gradients are unchanged (the result keeps ``x``'s shape
     and dtype, or nothing is removed)."""
     for node in list(graph.graph.nodes):
         # broadcast_tensors of tensors that already share a shape returns them as they are
@@ -419,8 +419,10 @@ class CapturedLoss:
             and not _in_pyro_handler()
         ):
             graph = self._graph_for(x, inputs)
-            if graph is not None:  # a GraphModule's forward: it has no hooks to run
-                return getattr(graph, "forward", graph)(self._tensors, x, *inputs)
+            if isinstance(graph, torch.fx.GraphModule):  # its forward: it has no hooks to run
+                graph = graph.forward
+            if graph is not None:
+                return graph(self._tensors, x, *inputs)
         return self.eager(x, *inputs)
 
     def eager(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
