@@ -72,9 +72,9 @@ class TrainStep:
 
     The estimator's loss per datapoint (recorded once per batch shape and replayed, see
     :class:`~pyro_vae.infer.CapturedLoss`), backward, the non-finite guard's check of every
-    gradient element and the loss (and the total norm when clipping with ``grad_clip``), and
-    one fused Adam update that the guard can skip on the device. ``benchmarks/bench_train.py``
-    times exactly this object.
+    gradient element and the loss (of the total norm instead when clipping with
+    ``grad_clip``: one pass, not two), and one fused Adam update that the guard can skip on the
+    device. ``benchmarks/bench_train.py`` times exactly this object.
 
     With several ranks (``world``), the loss runs inside
     :class:`~torch.nn.parallel.DistributedDataParallel`, whose backward averages every
@@ -118,11 +118,13 @@ class TrainStep:
             if not (self.world.active and from_process_group(e)):
                 raise
             raise lost_contact(e) from e
-        grads = [p.grad for p in self._params if p.grad is not None]
-        checked = [*grads, detached.view(1)]  # finite iff every gradient and the loss are
-        if self.grad_clip is not None:  # and the norm: a step too large to measure is bad
+        if self.grad_clip is not None:  # the norm is finite iff every gradient is (or they
+            # are too large to measure: a bad step too), and clipping by it keeps them so
             norm = torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip)
-            checked.append(norm.view(1))
+            checked = [norm.view(1), detached.view(1)]
+        else:  # every element of every gradient, and the loss
+            checked = [p.grad for p in self._params if p.grad is not None]
+            checked.append(detached.view(1))
         # stays on the device: a finite loss with a non-finite gradient is a bad step too (it
         # would poison every parameter); from the first bad step on, updates are skipped
         self.optimizer.found_inf = self.guard.observe(checked, step)
@@ -202,8 +204,8 @@ class NonFiniteGuard:
         """Record step ``step`` (1-based; steps come one after another); return ``found_inf``
         for the optimizer.
 
-        :param checked: the tensors a good step has finite in every element: the gradients,
-            the loss (as a 1-element view) and any norm taken of them.
+        :param checked: the tensors a good step has finite in every element: the gradients
+            (or their norm) and the loss, scalars as 1-element views.
 
         Every element is tested, in one pass over all of them: the kernel
         :class:`torch.amp.GradScaler` unscales with, at a scale of exactly 1 (it writes each
