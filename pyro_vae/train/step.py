@@ -3,8 +3,9 @@
 :class:`TrainStep` is the step :func:`~pyro_vae.train.fit` takes and
 ``benchmarks/bench_train.py`` times: the estimator's loss (recorded once per batch shape and
 replayed, see :class:`~pyro_vae.infer.CapturedLoss`), backward, a finiteness check of every
-gradient on the device, and one fused Adam update that :class:`NonFiniteGuard` skips on the
-device once a step went bad. No host sync per step. :func:`diagnose_non_finite` names the ELBO
+gradient on the device, and one fused Adam update (replayed, see
+:class:`~pyro_vae.train.update.AdamReplay`) that :class:`NonFiniteGuard` skips on the device
+once a step went bad. No host sync per step. :func:`diagnose_non_finite` names the ELBO
 term of a bad step by tracing it once more with validation on.
 """
 
@@ -25,6 +26,7 @@ from pyro_vae.distributed import World, from_process_group, lost_contact
 from pyro_vae.infer import CapturedLoss, make_estimator
 from pyro_vae.models import latent_sites, observed_sites
 from pyro_vae.train.schedules import BurdaLR
+from pyro_vae.train.update import AdamReplay
 from pyro_vae.validation import constraint_text, invalid_distribution_argument
 
 
@@ -74,7 +76,8 @@ class TrainStep:
     :class:`~pyro_vae.infer.CapturedLoss`), backward, the non-finite guard's check of every
     gradient element and the loss (of the total norm instead when clipping with
     ``grad_clip``: one pass, not two), and one fused Adam update that the guard can skip on the
-    device. ``benchmarks/bench_train.py`` times exactly this object.
+    device (``optimizer.step()``'s kernel, replayed by :class:`~pyro_vae.train.update.AdamReplay`
+    without its per-call Python). ``benchmarks/bench_train.py`` times exactly this object.
 
     With several ranks (``world``), the loss runs inside
     :class:`~torch.nn.parallel.DistributedDataParallel`, whose backward averages every
@@ -83,6 +86,7 @@ class TrainStep:
     the ranks' maximum, so every rank skips the same updates and keeps the same parameters.
 
     :ivar optimizer: the one torch optimizer over ``model.parameters()``.
+    :ivar update: its :class:`~pyro_vae.train.update.AdamReplay`, which takes each update.
     :ivar guard: the :class:`NonFiniteGuard`; call ``guard.check`` to read it.
     :ivar loss: the :class:`~pyro_vae.infer.CapturedLoss`; ``loss.mode`` says how it runs.
     """
@@ -96,7 +100,8 @@ class TrainStep:
         # one process calls the loss as it is: no module machinery in the timed step
         self._forward = data_parallel(loss, device) if world.active else loss.forward
         self.optimizer = make_optimizer(model, cfg)
-        self._params = list(model.parameters())  # the optimizer's, in its order
+        self.update = AdamReplay(self.optimizer)
+        self._params = self.update.params  # the optimizer's, in its order
         self.guard = NonFiniteGuard(device, world)
         self.world = world
 
@@ -127,8 +132,7 @@ class TrainStep:
             checked.append(detached.view(1))
         # stays on the device: a finite loss with a non-finite gradient is a bad step too (it
         # would poison every parameter); from the first bad step on, updates are skipped
-        self.optimizer.found_inf = self.guard.observe(checked, step)
-        self.optimizer.step()
+        self.update.step(found_inf=self.guard.observe(checked, step))
         return detached
 
 
