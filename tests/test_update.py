@@ -2,6 +2,7 @@
 used."""
 
 import copy
+import inspect
 
 import pyro
 import pytest
@@ -53,8 +54,18 @@ def _take(plain, update, step: int, found: torch.Tensor | None, grads=None) -> N
     update.step(found_inf=found)
 
 
+DECOUPLED = pytest.param(
+    {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    marks=pytest.mark.skipif(
+        "decoupled_weight_decay" not in inspect.signature(torch.optim.Adam).parameters,
+        reason="this torch's Adam has no decoupled weight decay",
+    ),
+)
+
+
 @pytest.mark.parametrize(
-    "adam", [{}, {"weight_decay": 0.1}, {"maximize": True, "betas": (0.5, 0.9), "eps": 1e-3}]
+    "adam",
+    [{}, {"weight_decay": 0.1}, {"maximize": True, "betas": (0.5, 0.9), "eps": 1e-3}, DECOUPLED],
 )
 def test_the_replayed_update_is_optimizer_step_bit_for_bit(adam):
     plain, replayed, update = _twins(**adam)

@@ -11,7 +11,7 @@ is bit-identical to ``optimizer.step()`` (``tests/test_update.py``).
 
 It replays only what it recorded: whenever the replay could differ from ``optimizer.step()``,
 that step goes through ``optimizer.step()`` and the update is recorded again (see
-:meth:`AdamReplay.replayable`).
+:class:`AdamReplay`).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class AdamReplay:
         tensor on the parameters' device, as :class:`torch.amp.GradScaler` passes it) a value
         of 1 skips the update on the device and leaves the step counts as they were."""
         rec = self._recorded
-        if rec is None or not self.replayable(rec):
+        if rec is None or not self._replayable(rec):
             self.optimizer.found_inf = found_inf
             self.optimizer.step()
             self._recorded = self._record()
@@ -97,7 +97,7 @@ class AdamReplay:
             torch._foreach_sub_(rec.steps, rec.found_infs)
         self.replayed += 1
 
-    def replayable(self, rec: _Recorded) -> bool:
+    def _replayable(self, rec: _Recorded) -> bool:
         """Whether replaying ``rec`` now is exactly what ``optimizer.step()`` would do."""
         opt = self.optimizer
         if opt.state is not rec.state or opt.param_groups is not rec.groups:
