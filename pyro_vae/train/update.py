@@ -39,8 +39,6 @@ class _Recorded:
     exp_avgs: list[torch.Tensor]
     exp_avg_sqs: list[torch.Tensor]
     steps: list[torch.Tensor]  # one 0-d float32 step count per parameter
-    found_inf: torch.Tensor | None = None
-    found_infs: list[torch.Tensor] | None = None  # [found_inf] * n, for the step counts
 
 
 class AdamReplay:
@@ -92,9 +90,7 @@ class AdamReplay:
             grad_scale=None, found_inf=found_inf,
         )  # fmt: skip
         if found_inf is not None:  # a skipped update does not count as a step
-            if found_inf is not rec.found_inf:
-                rec.found_inf, rec.found_infs = found_inf, [found_inf] * len(rec.steps)
-            torch._foreach_sub_(rec.steps, rec.found_infs)
+            torch._foreach_sub_(rec.steps, [found_inf] * len(rec.steps))
         self.replayed += 1
 
     def _replayable(self, rec: _Recorded) -> bool:
