@@ -54,6 +54,9 @@ class AdamReplay:
     ``capturable`` or ``differentiable``). Otherwise the step is ``optimizer.step()``, which
     records again: after ``load_state_dict`` (resume), ``add_param_group``, or a hook's
     removal the replay resumes by itself.
+
+    .. warning:: The state is recognised by identity: change it through the optimizer's own
+        methods (``load_state_dict``), not by assigning tensors into ``optimizer.state``.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer):
@@ -124,6 +127,8 @@ class AdamReplay:
         first = params[0]
         if any(t.device != first.device or t.dtype != first.dtype for t in tensors):
             return None  # Adam groups these by device and dtype, one kernel each
+        if any(s["step"].device != first.device for s in states):
+            return None  # fused Adam keeps its step counts beside the parameters
         return _Recorded(
             state=opt.state,
             groups=opt.param_groups,
