@@ -354,6 +354,7 @@ def test_a_step_with_an_inf_gradient_element_changes_no_parameter(grad_clip):
     handle.remove()
     assert all(torch.equal(p, k) for p, k in zip(vae.parameters(), kept))
     assert step.guard.first_bad == 2
+    assert step.update.replayed == 1  # the skip came through the replayed update
 
 
 def test_extending_a_cosine_run_is_refused(tmp_path):

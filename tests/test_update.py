@@ -7,7 +7,10 @@ import inspect
 import pyro
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.models import build_vae
@@ -88,24 +91,41 @@ def test_the_replayed_update_is_optimizer_step_bit_for_bit(adam):
     assert update.replayed == 8
 
 
-def test_a_step_hook_is_honoured_and_the_replay_resumes_once_it_is_removed():
+HOOKS = {
+    "own pre": lambda opt, hook: opt.register_step_pre_hook(hook),
+    "own post": lambda opt, hook: opt.register_step_post_hook(hook),
+    "global pre": lambda opt, hook: register_optimizer_step_pre_hook(hook),
+    "global post": lambda opt, hook: register_optimizer_step_post_hook(hook),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOOKS))
+def test_a_step_hook_is_honoured_and_the_replay_resumes_once_it_is_removed(kind):
     plain, replayed, update = _twins()
     seen = []
     _take(plain, update, 1, None)
-    own = replayed.register_step_pre_hook(lambda opt, args, kwargs: seen.append("own"))
-    _take(plain, update, 2, None)
-    own.remove()
-    every = register_optimizer_step_post_hook(
-        lambda opt, args, kwargs: seen.append("global") if opt is replayed else None
-    )
+    handle = HOOKS[kind](replayed, lambda opt, a, k: seen.append(2) if opt is replayed else None)
     try:
+        _take(plain, update, 2, None)
         _take(plain, update, 3, None)
     finally:
-        every.remove()
+        handle.remove()
     _take(plain, update, 4, None)
     _assert_same(plain, replayed)
-    assert seen == ["own", "global"]
+    assert seen == [2, 2]  # called at each step while registered, on this optimizer
     assert update.replayed == 1  # steps 1-3 through optimizer.step(), step 4 replayed
+
+
+def test_a_state_cleared_in_place_starts_again_as_optimizer_step_does():
+    plain, replayed, update = _twins()
+    for step in (1, 2):
+        _take(plain, update, step, None)
+    for opt in (plain, replayed):
+        opt.state.clear()  # fresh moments and step counts at the next step
+    for step in (3, 4):
+        _take(plain, update, step, None)
+        _assert_same(plain, replayed)
+    assert update.replayed == 2  # steps 2 and 4
 
 
 def test_loading_a_state_records_the_update_again():

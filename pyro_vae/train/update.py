@@ -27,6 +27,12 @@ _GLOBAL_HOOKS = (
     getattr(_optim, "_global_optimizer_pre_hooks", None),
     getattr(_optim, "_global_optimizer_post_hooks", None),
 )
+# the keys of an Adam group whose meaning the replay knows (a scheduler adds initial_lr); a
+# setting a later torch adds is not guessed at: such a group always takes optimizer.step()
+_KNOWN_KEYS = frozenset(
+    {"params", "param_names", "initial_lr", "lr", "betas", "eps", "weight_decay", "amsgrad",
+     "maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay"}
+)  # fmt: skip
 
 
 @dataclass
@@ -55,8 +61,11 @@ class AdamReplay:
     records again: after ``load_state_dict`` (resume), ``add_param_group``, or a hook's
     removal the replay resumes by itself.
 
-    .. warning:: The state is recognised by identity: change it through the optimizer's own
-        methods (``load_state_dict``), not by assigning tensors into ``optimizer.state``.
+    .. warning:: The state is recognised by identity (and a cleared one by its size): change
+        it through the optimizer's own methods (``load_state_dict``), not by assigning tensors
+        into ``optimizer.state``. The three operations are torch's own sequence as of torch
+        2.14; ``tests/test_update.py`` compares them with ``optimizer.step()`` on the torch
+        installed.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer):
@@ -83,17 +92,17 @@ class AdamReplay:
         group = self.optimizer.param_groups[0]
         grads = [p.grad for p in rec.params]
         beta1, beta2 = group["betas"]
-        # torch.optim.adam._fused_adam, on the one device and dtype that was recorded
-        torch._foreach_add_(rec.steps, 1)
         kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
-        kernel(
-            rec.params, grads, rec.exp_avgs, rec.exp_avg_sqs, [], rec.steps,
-            amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
-            weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
-            grad_scale=None, found_inf=found_inf,
-        )  # fmt: skip
-        if found_inf is not None:  # a skipped update does not count as a step
-            torch._foreach_sub_(rec.steps, [found_inf] * len(rec.steps))
+        with torch.no_grad():  # as Adam.step: torch.optim.adam._fused_adam, one device and dtype
+            torch._foreach_add_(rec.steps, 1)
+            kernel(
+                rec.params, grads, rec.exp_avgs, rec.exp_avg_sqs, [], rec.steps,
+                amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+                weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                grad_scale=None, found_inf=found_inf,
+            )  # fmt: skip
+            if found_inf is not None:  # a skipped update does not count as a step
+                torch._foreach_sub_(rec.steps, [found_inf] * len(rec.steps))
         self.replayed += 1
 
     def _replayable(self, rec: _Recorded) -> bool:
@@ -101,9 +110,13 @@ class AdamReplay:
         opt = self.optimizer
         if opt.state is not rec.state or opt.param_groups is not rec.groups:
             return False
+        if len(rec.state) != len(rec.params):  # a state cleared or popped in place
+            return False
         if len(rec.groups) != 1 or rec.groups[0]["params"] is not rec.params:
             return False
         if opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks:
+            return False
+        if getattr(opt, "grad_scale", None) is not None:  # a GradScaler's: Adam.step passes it
             return False
         if any(hooks is None or hooks for hooks in _GLOBAL_HOOKS):
             return False
@@ -118,7 +131,7 @@ class AdamReplay:
             return None
         group = opt.param_groups[0]
         params = group["params"]
-        if not params or not _plain_fused(group):
+        if not params or not _plain_fused(group) or not group.keys() <= _KNOWN_KEYS:
             return None
         states = [opt.state.get(p, {}) for p in params]
         if not all({"exp_avg", "exp_avg_sq", "step"} <= s.keys() for s in states):
