@@ -101,7 +101,7 @@ class TrainStep:
         self._forward = data_parallel(loss, device) if world.active else loss.forward
         self.optimizer = make_optimizer(model, cfg)
         self.update = AdamReplay(self.optimizer)
-        self._params = self.update.params  # the optimizer's, in its order
+        self._params = self.optimizer.param_groups[0]["params"]  # the optimizer's own list
         self.guard = NonFiniteGuard(device, world)
         self.world = world
 

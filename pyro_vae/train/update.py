@@ -74,11 +74,6 @@ class AdamReplay:
         self.replayed = 0
         self._recorded: _Recorded | None = None
 
-    @property
-    def params(self) -> list[torch.Tensor]:
-        """The parameters of the optimizer's first group, in its order."""
-        return self.optimizer.param_groups[0]["params"]
-
     def step(self, found_inf: torch.Tensor | None = None) -> None:
         """One Adam update of every parameter from its ``.grad``; with ``found_inf`` (a 0-d
         tensor on the parameters' device, as :class:`torch.amp.GradScaler` passes it) a value
